@@ -1,0 +1,1 @@
+"""The imperative shell: each adapter translates between the outside and core values."""

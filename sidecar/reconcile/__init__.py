@@ -1,0 +1,1 @@
+"""Desired vs actual: pure desired/plan, plus the one loop."""

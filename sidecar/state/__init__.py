@@ -1,0 +1,1 @@
+"""The pure core: cluster state and the functions over it. No I/O, no clock."""

@@ -1,0 +1,302 @@
+"""Go-compatible JSON for service records and the cluster state.
+
+Encoding is byte-identical to what the Go Sidecar writes (ffjson and `encoding/json` before
+Go 1.22): Go's key order, compact, map keys sorted, `<`, `>`, `&`, U+2028 and U+2029 escaped
+as `\\u003c`..., control characters other than `\\n`, `\\r`, `\\t` as `\\u00XX`, times as in
+`sidecar.state.times`, nil port lists as `null`. It is written by hand because no JSON
+library escapes exactly like Go.
+
+Decoding accepts what Go accepts: keys matched case-insensitively (the last matching key
+wins), unknown keys ignored, missing keys and `null` as zero values, invalid UTF-8 replaced by
+U+FFFD. Anything Go would refuse (a string where a number belongs, a fractional or out-of-range
+integer, a malformed time) raises `RecordRejected`, which is the only error decoding raises;
+so does a status outside 0..4, which Go would store and we do not.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+import pydantic
+
+from sidecar.state import times
+from sidecar.state.model import (
+    NEVER,
+    ClusterState,
+    Entry,
+    Port,
+    Server,
+    Service,
+    Status,
+)
+
+_ESCAPES: Final[Mapping[str, str]] = {
+    **{chr(c): f"\\u{c:04x}" for c in range(0x20)},
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    '"': '\\"',
+    "\\": "\\\\",
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+_NEEDS_ESCAPE: Final = re.compile('[\x00-\x1f"\\\\<>&\u2028\u2029]')
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+class RecordRejected(ValueError):
+    """Input that Go's decoder would refuse, or that the core does not store.
+
+    The message names the field and the value. Adapters count and drop such input.
+    """
+
+
+def quote(text: str) -> str:
+    """Return `text` as a JSON string literal escaped exactly as Go escapes it."""
+    if _NEEDS_ESCAPE.search(text) is None:
+        return f'"{text}"'
+    return '"' + _NEEDS_ESCAPE.sub(lambda m: _ESCAPES[m.group()], text) + '"'
+
+
+def _port_json(port: Port) -> str:
+    return (
+        f'{{"Type":{quote(port.type)},"Port":{port.port},'
+        f'"ServicePort":{port.service_port},"IP":{quote(port.ip)}}}'
+    )
+
+
+def service_json(service: Service) -> str:
+    """Return the record as Go's compact JSON text (key order ID, Name, ..., Status)."""
+    if service.ports is None:
+        ports = "null"
+    else:
+        ports = "[" + ",".join(_port_json(p) for p in service.ports) + "]"
+    return (
+        f'{{"ID":{quote(service.id)},"Name":{quote(service.name)},'
+        f'"Image":{quote(service.image)},"Created":"{times.format_time(service.created)}",'
+        f'"Hostname":{quote(service.hostname)},"Ports":{ports},'
+        f'"Updated":"{times.format_time(service.updated)}",'
+        f'"ProxyMode":{quote(service.proxy_mode)},"Status":{int(service.status)}}}'
+    )
+
+
+def encode_service(service: Service) -> bytes:
+    """Return the record as the bytes of one gossip user message (Go JSON, UTF-8)."""
+    return service_json(service).encode()
+
+
+def server_json(server: Server) -> str:
+    """Return one server as Go's compact JSON text."""
+    services = ",".join(
+        f"{quote(service_id)}:{service_json(server.entries[service_id].effective)}"
+        for service_id in sorted(server.entries)
+    )
+    return (
+        f'{{"Name":{quote(server.name)},"Services":{{{services}}},'
+        f'"LastUpdated":"{times.format_time(server.last_updated)}",'
+        f'"LastChanged":"{times.format_time(server.last_changed)}"}}'
+    )
+
+
+def encode_state(state: ClusterState) -> bytes:
+    """Return the state as Go's `/api/state.json` and push-pull bytes."""
+    servers = ",".join(
+        f"{quote(name)}:{server_json(state.servers[name])}" for name in sorted(state.servers)
+    )
+    return (
+        f'{{"Servers":{{{servers}}},"LastChanged":"{times.format_time(state.last_changed)}",'
+        f'"ClusterName":{quote(state.cluster_name)},"Hostname":{quote(state.hostname)}}}'
+    ).encode()
+
+
+# ---------------------------------------------------------------------------- decoding
+
+_STRING, _INT, _TIME, _OTHER = range(4)
+
+
+def _keys(*fields: tuple[str, str, int]) -> Mapping[str, tuple[str, int]]:
+    """Return Go key (exact and case-folded) -> (field name, kind)."""
+    table: dict[str, tuple[str, int]] = {}
+    for go_name, field_name, kind in fields:
+        table[go_name] = table[go_name.casefold()] = (field_name, kind)
+    return table
+
+
+_PORT_KEYS: Final = _keys(
+    ("Type", "type", _STRING),
+    ("Port", "port", _INT),
+    ("ServicePort", "service_port", _INT),
+    ("IP", "ip", _STRING),
+)
+_SERVICE_KEYS: Final = _keys(
+    ("ID", "id", _STRING),
+    ("Name", "name", _STRING),
+    ("Image", "image", _STRING),
+    ("Created", "created", _TIME),
+    ("Hostname", "hostname", _STRING),
+    ("Ports", "ports", _OTHER),
+    ("Updated", "updated", _TIME),
+    ("ProxyMode", "proxy_mode", _STRING),
+    ("Status", "status", _INT),
+)
+_SERVER_KEYS: Final = _keys(
+    ("Name", "name", _STRING),
+    ("Services", "services", _OTHER),
+    ("LastUpdated", "last_updated", _TIME),
+    ("LastChanged", "last_changed", _TIME),
+)
+_STATE_KEYS: Final = _keys(
+    ("Servers", "servers", _OTHER),
+    ("LastChanged", "last_changed", _TIME),
+    ("ClusterName", "cluster_name", _STRING),
+    ("Hostname", "hostname", _STRING),
+)
+
+
+def _fold(obj: object, keys: Mapping[str, tuple[str, int]], what: str) -> dict[str, object]:
+    """Return the object's known keys mapped to field names, Go-style.
+
+    Keys match case-insensitively; later keys win; `null` values are dropped (zero value).
+    """
+    if not isinstance(obj, dict):
+        raise RecordRejected(f"{what}: expected a JSON object, got {_describe(obj)}")
+    folded: dict[str, object] = {}
+    for key, value in obj.items():
+        known = keys.get(key) or keys.get(key.casefold())
+        if known is None or value is None:
+            continue
+        name, kind = known
+        if kind == _STRING:
+            if type(value) is not str:
+                raise RecordRejected(f"{what}.{name}: expected a string, got {_describe(value)}")
+            if _SURROGATE.search(value):
+                value = _SURROGATE.sub("\ufffd", value)
+        elif kind == _INT:
+            if type(value) is not int:
+                raise RecordRejected(
+                    f"{what}.{name}: expected an integer, got {_describe(value)}"
+                )
+        elif kind == _TIME:
+            if type(value) is not str:
+                raise RecordRejected(f"{what}.{name}: expected a time, got {_describe(value)}")
+            try:
+                value = times.parse_time(value)
+            except ValueError as exc:
+                raise RecordRejected(f"{what}.{name}: {exc}") from None
+        folded[name] = value
+    return folded
+
+
+def _describe(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _service_from_object(obj: object) -> Service:
+    fields = _fold(obj, _SERVICE_KEYS, "Service")
+    ports = fields.get("ports")
+    if ports is not None:
+        if type(ports) is not list:
+            raise RecordRejected(f"Service.ports: expected an array, got {_describe(ports)}")
+        fields["ports"] = tuple(_fold(p, _PORT_KEYS, "Port") for p in ports)
+    status = fields.get("status")
+    if status is not None:
+        if not 0 <= status <= max(Status):  # type: ignore[operator]
+            raise RecordRejected(f"Service.status: expected 0..4, got {_describe(status)}")
+        fields["status"] = Status(status)
+    return Service.model_validate(fields)
+
+
+def _loads(raw: bytes | str) -> object:
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise RecordRejected(f"not JSON: {exc}") from None
+
+
+def decode_service(raw: bytes | str) -> Service:
+    """Return the record in one Go JSON service document.
+
+    Raises RecordRejected, naming the field and value, for input Go would refuse.
+    """
+    try:
+        return _service_from_object(_loads(raw))
+    except pydantic.ValidationError as exc:
+        raise RecordRejected(_first_error(exc)) from None
+
+
+def _first_error(exc: pydantic.ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{exc.title}.{where}: {error['msg']} (got {_describe(error['input'])})"
+
+
+def decode_state(raw: bytes | str) -> ClusterState:
+    """Return the cluster state in a Go `/api/state.json` or push-pull document.
+
+    Servers are keyed as in the document; records are stored as received (a decoded state is
+    a snapshot to merge from or to show, not one this node's merges produced). Raises
+    RecordRejected for input Go would refuse.
+    """
+    try:
+        fields = _fold(_loads(raw), _STATE_KEYS, "ServicesState")
+        servers_obj = fields.get("servers", {})
+        if not isinstance(servers_obj, dict):
+            raise RecordRejected(f"ServicesState.servers: expected an object, got {servers_obj!r}")
+        servers = {
+            key: _server_from_object(key, value)
+            for key, value in servers_obj.items()
+            if value is not None
+        }
+    except pydantic.ValidationError as exc:
+        raise RecordRejected(_first_error(exc)) from None
+    return ClusterState(
+        hostname=str(fields.get("hostname", "")),
+        cluster_name=str(fields.get("cluster_name", "")),
+        servers=servers,
+        last_changed=_int(fields.get("last_changed", times.ZERO_TIME)),
+    )
+
+
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value
+
+
+def _server_from_object(key: str, obj: object) -> Server:
+    fields = _fold(obj, _SERVER_KEYS, f"Server {key!r}")
+    services_obj = fields.get("services", {})
+    if not isinstance(services_obj, dict):
+        raise RecordRejected(f"Server {key!r}.services: expected an object")
+    entries = {
+        service_id: _snapshot_entry(_service_from_object(value))
+        for service_id, value in services_obj.items()
+        if value is not None
+    }
+    return Server(
+        name=str(fields.get("name", "")),
+        entries=entries,
+        last_updated=_int(fields.get("last_updated", times.ZERO_TIME)),
+        last_changed=_int(fields.get("last_changed", times.ZERO_TIME)),
+    )
+
+
+def _snapshot_entry(service: Service) -> Entry:
+    drained = service.updated if service.status is Status.DRAINING else NEVER
+    return Entry(record=service, drained=drained, cleared=NEVER, effective=service)
+
+
+def records_of(state: ClusterState) -> Iterable[Service]:
+    """Yield every record of a decoded state, for merging it record by record."""
+    for name in sorted(state.servers):
+        server = state.servers[name]
+        for service_id in sorted(server.entries):
+            yield server.entries[service_id].effective

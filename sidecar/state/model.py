@@ -1,0 +1,185 @@
+"""The values the cluster is made of: service records, per-host servers, the cluster state.
+
+`Port` and `Service` are the records that travel between nodes (Go's `service.Port` and
+`service.Service`); they are frozen pydantic models, validated when built. `Server` and
+`ClusterState` are the containers this node keeps them in: frozen dataclasses built only by
+the core's own functions from already-validated records, which keeps a merge into a
+10,000-record state cheap (no re-validation of what did not change).
+
+Every time is an `int` of nanoseconds since the Unix epoch (`sidecar.state.times`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sidecar.state.times import UNIX_EPOCH, ZERO_TIME
+
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+
+
+class Status(enum.IntEnum):
+    """A record's status; the integers travel on the wire (Go's `iota` order)."""
+
+    ALIVE = 0
+    TOMBSTONE = 1
+    UNHEALTHY = 2
+    UNKNOWN = 3
+    DRAINING = 4
+
+    def label(self) -> str:
+        """Return Go's `StatusString()` text, e.g. `"Alive"`."""
+        return self.name.capitalize()
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+
+class Port(_Record):
+    """One published port of a service (Go `service.Port`)."""
+
+    type: str = ""
+    port: Int64 = 0
+    service_port: Int64 = 0
+    ip: str = ""
+
+
+class Service(_Record):
+    """One service instance as every node stores and gossips it (Go `service.Service`).
+
+    `updated` is the version: the record with the greater `updated` wins a merge.
+    `ports` is `None` where Go holds a nil slice (encoded as JSON `null`).
+    """
+
+    id: str = ""
+    name: str = ""
+    image: str = ""
+    created: int = ZERO_TIME
+    hostname: str = ""
+    ports: tuple[Port, ...] | None = None
+    updated: int = ZERO_TIME
+    proxy_mode: str = ""
+    status: Status = Status.ALIVE
+
+    def with_status(self, status: Status, *, updated: int) -> Service:
+        """Return this record with another status and version, validated."""
+        return Service(
+            id=self.id,
+            name=self.name,
+            image=self.image,
+            created=self.created,
+            hostname=self.hostname,
+            ports=self.ports,
+            updated=updated,
+            proxy_mode=self.proxy_mode,
+            status=status,
+        )
+
+    def with_updated(self, updated: int) -> Service:
+        """Return this record with another version and the same content, validated."""
+        return self.with_status(self.status, updated=updated)
+
+    def same_content(self, other: Service) -> bool:
+        """Return whether the two records differ at most in `updated`."""
+        return (
+            self.status == other.status
+            and self.id == other.id
+            and self.name == other.name
+            and self.image == other.image
+            and self.created == other.created
+            and self.hostname == other.hostname
+            and self.ports == other.ports
+            and self.proxy_mode == other.proxy_mode
+        )
+
+
+NEVER: Final = ZERO_TIME - 1
+"""A time older than any a record can carry: "no such version seen"."""
+
+CLEARING_STATUSES: Final = frozenset({Status.UNHEALTHY, Status.UNKNOWN, Status.TOMBSTONE})
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What this node knows about one record: the greatest version, and drain marks.
+
+    `record` is the greatest version received (by `merge.precedes`). `drained` is the newest
+    `updated` of a DRAINING version seen, `cleared` the newest of an UNHEALTHY, UNKNOWN or
+    TOMBSTONE version (`NEVER` when none). Together they make DRAINING sticky against newer
+    ALIVE versions (Go's rule) while keeping merge a join: an ALIVE record is shown as
+    DRAINING when a drain was seen that nothing has cleared since. `effective` is that
+    shown record: what views, the API and peers get.
+    """
+
+    record: Service
+    drained: int
+    cleared: int
+    effective: Service
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """The records of one host (Go `catalog.Server`), keyed by service ID."""
+
+    name: str
+    entries: Mapping[str, Entry] = field(default_factory=dict)
+    last_updated: int = UNIX_EPOCH
+    last_changed: int = UNIX_EPOCH
+
+    def services(self) -> Iterator[Service]:
+        """Yield the effective record of every entry, in ID order."""
+        for service_id in sorted(self.entries):
+            yield self.entries[service_id].effective
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState:
+    """Everything this node knows about the cluster (Go `catalog.ServicesState`).
+
+    `hostname` is this node's name: records whose `hostname` equals it are own records.
+    """
+
+    hostname: str
+    cluster_name: str = "default"
+    servers: Mapping[str, Server] = field(default_factory=dict)
+    last_changed: int = UNIX_EPOCH
+
+    def get(self, hostname: str, service_id: str) -> Service | None:
+        """Return the effective record for (hostname, id), or None."""
+        server = self.servers.get(hostname)
+        if server is None:
+            return None
+        entry = server.entries.get(service_id)
+        return None if entry is None else entry.effective
+
+    def records(self) -> Iterator[Service]:
+        """Yield every effective record, servers and IDs in sorted order."""
+        for hostname in sorted(self.servers):
+            yield from self.servers[hostname].services()
+
+    def own_records(self) -> Iterator[Service]:
+        """Yield this node's own effective records, in ID order."""
+        server = self.servers.get(self.hostname)
+        if server is not None:
+            yield from server.services()
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """A record appeared or changed status (Go `catalog.ChangeEvent`).
+
+    `previous_status` is UNKNOWN for a record never seen before, as in Go.
+    """
+
+    service: Service
+    previous_status: Status
+    time: int

@@ -1,0 +1,90 @@
+"""Merge is a join: commutative, associative and idempotent, equal timestamps included."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.state import merge
+from sidecar.state.model import ClusterState, Entry, Service
+from tests.property import strategies
+
+NOW = strategies.BASE
+
+entries = st.lists(strategies.records(hosts=("h",), ids=("x",)), min_size=1, max_size=4).map(
+    lambda records: _fold_entry(records)
+)
+
+
+def _fold_entry(records: list[Service]) -> Entry:
+    entry = merge.lift(records[0])
+    for record in records[1:]:
+        entry = merge.join(entry, merge.lift(record))
+    return entry
+
+
+def _entries(state: ClusterState) -> dict[tuple[str, str], Entry]:
+    return {
+        (hostname, service_id): entry
+        for hostname, server in state.servers.items()
+        for service_id, entry in server.entries.items()
+    }
+
+
+def _merged(records: list[Service]) -> dict[tuple[str, str], Entry]:
+    return _entries(merge.merge_records(ClusterState(hostname="me"), records, now=NOW).state)
+
+
+@given(entries, entries)
+def test_join_is_commutative(a, b):
+    assert merge.join(a, b) == merge.join(b, a)
+
+
+@given(entries, entries, entries)
+def test_join_is_associative(a, b, c):
+    assert merge.join(merge.join(a, b), c) == merge.join(a, merge.join(b, c))
+
+
+@given(entries)
+def test_join_is_idempotent(a):
+    assert merge.join(a, a) == a
+
+
+@given(entries, entries)
+def test_join_is_an_upper_bound(a, b):
+    joined = merge.join(a, b)
+    assert merge.join(joined, a) == joined
+    assert merge.join(joined, b) == joined
+
+
+@given(st.lists(strategies.records(), max_size=12), st.randoms(use_true_random=False))
+def test_merging_records_in_any_order_gives_the_same_state(records, random):
+    shuffled = list(records)
+    random.shuffle(shuffled)
+    assert _merged(records) == _merged(shuffled)
+
+
+@given(st.lists(strategies.records(), max_size=8), st.data())
+def test_merging_duplicates_changes_nothing(records, data):
+    repeats = data.draw(st.lists(st.sampled_from(records), max_size=8)) if records else []
+    assert _merged(records) == _merged(records + repeats)
+
+
+@given(st.lists(strategies.records(), max_size=8), st.lists(strategies.records(), max_size=8))
+def test_merging_in_batches_equals_merging_all_at_once(first, second):
+    state = merge.merge_records(ClusterState(hostname="me"), first, now=NOW).state
+    state = merge.merge_records(state, second, now=NOW).state
+    assert _entries(state) == _merged(first + second)
+
+
+@given(st.lists(strategies.records(), max_size=10))
+def test_a_record_is_relayed_at_most_once_per_shown_version(records):
+    # Go's loop prevention: each node forwards each version of a record at most once.
+    state = ClusterState(hostname="me")
+    relayed: list[Service] = []
+    for record in records + records:
+        result = merge.merge_record(state, record, now=NOW)
+        state = result.state
+        relayed.extend(result.relay)
+    keys = [(r.hostname, r.id, r.updated, r.status) for r in relayed]
+    assert len(keys) == len(set(keys))

@@ -1,0 +1,261 @@
+"""The merge rule of sidecar-behaviour.md §2.3 and the owner's rules of DESIGN.md 2-3."""
+
+from __future__ import annotations
+
+from sidecar.state import merge, times
+from sidecar.state.model import ClusterState, Port, Service, Status
+
+S = times.NANOS_PER_SECOND
+T0 = 1_700_000_000 * S
+ME = "me"
+
+
+def record(
+    *,
+    host: str = "peer",
+    sid: str = "abc123abc123",
+    at: int = T0,
+    status: Status = Status.ALIVE,
+    name: str = "web",
+    port: int = 32000,
+) -> Service:
+    return Service(
+        id=sid,
+        name=name,
+        image="web:1",
+        created=T0 - 100 * S,
+        hostname=host,
+        ports=(Port(type="tcp", port=port, service_port=8080, ip="10.0.0.2"),),
+        updated=at,
+        proxy_mode="http",
+        status=status,
+    )
+
+
+def state_with(*records: Service, now: int = T0) -> ClusterState:
+    return merge.merge_records(ClusterState(hostname=ME), records, now=now).state
+
+
+def test_unknown_id_is_stored_with_an_event_from_unknown_and_relayed():
+    new = record(status=Status.TOMBSTONE)
+    result = merge.merge_record(ClusterState(hostname=ME), new, now=T0)
+    assert result.state.get("peer", new.id) == new
+    assert [(e.service, e.previous_status, e.time) for e in result.events] == [
+        (new, Status.UNKNOWN, new.updated)
+    ]
+    assert result.relay == (new,)
+
+
+def test_strictly_newer_replaces_every_field_and_is_relayed():
+    old = record(at=T0)
+    new = record(at=T0 + 1, port=33000, name="web2")
+    result = merge.merge_record(state_with(old), new, now=T0)
+    assert result.state.get("peer", old.id) == new
+    assert result.events == ()  # same status: no event
+    assert result.relay == (new,)
+    assert result.state.servers["peer"].last_updated == new.updated
+
+
+def test_status_change_is_an_event_with_the_previous_status():
+    result = merge.merge_record(
+        state_with(record(at=T0)), record(at=T0 + 1, status=Status.UNHEALTHY), now=T0
+    )
+    (event,) = result.events
+    assert (event.previous_status, event.service.status) == (Status.ALIVE, Status.UNHEALTHY)
+    assert result.state.last_changed == T0 + 1
+    assert result.state.servers["peer"].last_changed == T0 + 1
+
+
+def test_older_record_is_ignored_and_not_relayed():
+    state = state_with(record(at=T0 + 5, status=Status.ALIVE))
+    result = merge.merge_record(state, record(at=T0, status=Status.TOMBSTONE), now=T0)
+    assert result.state.get("peer", "abc123abc123") == state.get("peer", "abc123abc123")
+    assert result.events == result.relay == ()
+
+
+def test_a_tombstone_does_not_beat_a_newer_alive_record():
+    state = state_with(record(at=T0 + 5))
+    result = merge.merge_record(state, record(at=T0 + 4, status=Status.TOMBSTONE), now=T0)
+    assert result.state.get("peer", "abc123abc123").status is Status.ALIVE
+
+
+def test_equal_timestamps_are_decided_by_status_then_content_whatever_the_order():
+    alive, tombstone = record(at=T0), record(at=T0, status=Status.TOMBSTONE)
+    one = state_with(alive, tombstone).get("peer", alive.id)
+    other = state_with(tombstone, alive).get("peer", alive.id)
+    assert one == other == tombstone
+    a, b = record(at=T0, port=1), record(at=T0, port=2)
+    assert state_with(a, b).get("peer", a.id) == state_with(b, a).get("peer", a.id)
+
+
+def test_same_record_twice_changes_nothing_the_second_time():
+    state = state_with(record())
+    result = merge.merge_record(state, record(), now=T0)
+    assert result.state is state
+    assert result.relay == result.events == ()
+
+
+def test_draining_is_sticky_against_a_newer_alive():
+    state = state_with(record(at=T0, status=Status.DRAINING))
+    result = merge.merge_record(state, record(at=T0 + 10, port=33000), now=T0)
+    shown = result.state.get("peer", "abc123abc123")
+    assert shown.status is Status.DRAINING
+    assert shown.updated == T0 + 10
+    assert shown.ports[0].port == 33000
+    assert result.events == ()
+    assert result.relay == (shown,)
+
+
+def test_unhealthy_clears_draining_and_a_later_alive_is_alive_again():
+    state = state_with(record(at=T0, status=Status.DRAINING))
+    state = merge.merge_record(state, record(at=T0 + 1, status=Status.UNHEALTHY), now=T0).state
+    assert state.get("peer", "abc123abc123").status is Status.UNHEALTHY
+    state = merge.merge_record(state, record(at=T0 + 2), now=T0).state
+    assert state.get("peer", "abc123abc123").status is Status.ALIVE
+
+
+def test_draining_sticks_whatever_order_the_drain_and_the_alive_arrive_in():
+    drain, alive = record(at=T0, status=Status.DRAINING), record(at=T0 + 10)
+    in_order = state_with(drain, alive).get("peer", drain.id)
+    reordered = state_with(alive, drain).get("peer", drain.id)
+    assert in_order == reordered
+    assert in_order.status is Status.DRAINING
+
+
+def test_stale_records_are_dropped_from_every_source():
+    now = T0 + merge.STALE_AFTER + 1
+    for host in ("peer", ME):
+        result = merge.merge_record(ClusterState(hostname=ME), record(host=host), now=now)
+        assert result.state.servers == {}
+
+
+def test_own_records_from_peers_are_stored_but_never_relayed():
+    result = merge.merge_record(ClusterState(hostname=ME), record(host=ME), now=T0)
+    assert result.state.get(ME, "abc123abc123") is not None
+    assert result.relay == ()
+
+
+def test_merge_state_takes_every_record_of_the_remote():
+    remote = state_with(record(sid="a1"), record(host="other", sid="b1"))
+    result = merge.merge_state(ClusterState(hostname=ME), remote, now=T0)
+    assert {(r.hostname, r.id) for r in result.state.records()} == {
+        ("peer", "a1"),
+        ("other", "b1"),
+    }
+    assert len(result.relay) == 2
+
+
+# ------------------------------------------------------------------------- own records
+
+
+def observed(sid: str = "abc123abc123", *, status: Status = Status.ALIVE, port: int = 32000):
+    return record(host=ME, sid=sid, at=0, status=status, port=port)
+
+
+def test_stamp_stores_a_new_observation_at_now():
+    result = merge.stamp(ClusterState(hostname=ME), [observed()], now=T0)
+    assert result.state.get(ME, "abc123abc123").updated == T0
+    assert [e.previous_status for e in result.events] == [Status.UNKNOWN]
+    assert result.relay == ()
+
+
+def test_stamp_leaves_an_unchanged_record_alone_until_it_needs_a_refresh():
+    state = merge.stamp(ClusterState(hostname=ME), [observed()], now=T0).state
+    again = merge.stamp(state, [observed()], now=T0 + S)
+    assert again.state is state
+    later = T0 + merge.REFRESH_AFTER
+    refreshed = merge.stamp(state, [observed()], now=later).state
+    assert refreshed.get(ME, "abc123abc123").updated == later
+
+
+def test_owner_versions_strictly_increase_even_when_the_clock_does_not():
+    state = merge.stamp(ClusterState(hostname=ME), [observed()], now=T0).state
+    flipped = merge.stamp(state, [observed(status=Status.UNHEALTHY)], now=T0).state
+    assert flipped.get(ME, "abc123abc123").updated == T0 + merge.OWNER_STEP
+    back = merge.stamp(flipped, [observed()], now=T0 - S).state  # clock stepped back
+    assert back.get(ME, "abc123abc123").updated == T0 + 2 * merge.OWNER_STEP
+
+
+def test_stamp_tombstones_own_records_no_longer_observed():
+    state = merge.stamp(ClusterState(hostname=ME), [observed("a"), observed("b")], now=T0).state
+    result = merge.stamp(state, [observed("a")], now=T0 + S)
+    gone = result.state.get(ME, "b")
+    assert (gone.status, gone.updated) == (Status.TOMBSTONE, T0 + S)
+    assert [(e.service.id, e.previous_status) for e in result.events] == [("b", Status.ALIVE)]
+    # and it stays a tombstone without new versions
+    assert merge.stamp(result.state, [observed("a")], now=T0 + 2 * S).state is result.state
+
+
+def test_owner_outvotes_what_peers_said_about_it():
+    # A peer declared us dead while we were unreachable; we are back and still running.
+    state = merge.stamp(ClusterState(hostname=ME), [observed()], now=T0).state
+    tombstone = record(host=ME, at=T0 + 5 * S, status=Status.TOMBSTONE)
+    state = merge.merge_record(state, tombstone, now=T0 + 5 * S).state
+    state = merge.stamp(state, [observed()], now=T0 + S).state
+    mine = state.get(ME, "abc123abc123")
+    assert mine.status is Status.ALIVE
+    assert mine.updated == T0 + 5 * S + merge.OWNER_STEP
+
+
+def test_drain_marks_an_own_record_and_stamp_keeps_it_draining():
+    state = merge.stamp(ClusterState(hostname=ME), [observed()], now=T0).state
+    drained = merge.drain(state, "abc123abc123", now=T0 + S)
+    assert drained is not None
+    assert [e.service.status for e in drained.events] == [Status.DRAINING]
+    state = merge.stamp(drained.state, [observed()], now=T0 + 2 * S).state
+    assert state.get(ME, "abc123abc123").status is Status.DRAINING
+    assert merge.drain(state, "unknown", now=T0) is None
+    assert merge.drain(state_with(record()), "abc123abc123", now=T0) is None  # not ours
+
+
+def test_an_unhealthy_drained_service_is_no_longer_draining():
+    state = merge.stamp(ClusterState(hostname=ME), [observed()], now=T0).state
+    drained = merge.drain(state, "abc123abc123", now=T0)
+    assert drained is not None
+    state = merge.stamp(drained.state, [observed(status=Status.UNHEALTHY)], now=T0 + S).state
+    state = merge.stamp(state, [observed()], now=T0 + 2 * S).state
+    assert state.get(ME, "abc123abc123").status is Status.ALIVE
+
+
+# -------------------------------------------------------------------- expiry and death
+
+
+def test_unheard_records_expire_to_tombstones_one_second_after_their_version():
+    state = state_with(record(sid="a", at=T0), record(sid="d", at=T0, status=Status.DRAINING))
+    result = merge.expire(state, now=T0 + merge.ALIVE_LIFESPAN + 1)
+    expired = result.state.get("peer", "a")
+    assert (expired.status, expired.updated) == (Status.TOMBSTONE, T0 + S)
+    assert result.relay == (expired,)
+    assert result.state.get("peer", "d").status is Status.DRAINING
+    later = merge.expire(state, now=T0 + merge.DRAINING_LIFESPAN + 1).state
+    assert later.get("peer", "d").status is Status.TOMBSTONE
+
+
+def test_records_heard_within_their_lifespan_do_not_expire():
+    state = state_with(record(at=T0))
+    assert merge.expire(state, now=T0 + merge.ALIVE_LIFESPAN).state is state
+
+
+def test_old_tombstones_and_empty_servers_are_deleted():
+    state = state_with(
+        record(sid="t", at=T0, status=Status.TOMBSTONE), record(host="x", sid="t", at=T0)
+    )
+    now = T0 + merge.TOMBSTONE_LIFESPAN + 1
+    state = merge.expire(state, now=now).state
+    assert "peer" not in state.servers
+    assert state.get("x", "t").status is Status.TOMBSTONE  # expired just now, kept 3 h
+
+
+def test_a_dead_node_has_every_live_record_tombstoned_newer_than_what_we_had():
+    state = state_with(
+        record(sid="a", at=T0 + 9 * S),
+        record(sid="b", at=T0, status=Status.TOMBSTONE),
+        record(host="other", sid="c"),
+    )
+    result = merge.tombstone_node(state, "peer", now=T0 + 5 * S)
+    a = result.state.get("peer", "a")
+    assert (a.status, a.updated) == (Status.TOMBSTONE, T0 + 9 * S + merge.OWNER_STEP)
+    assert result.state.get("peer", "b").updated == T0  # already a tombstone: untouched
+    assert result.state.get("other", "c").status is Status.ALIVE
+    assert result.relay == (a,)
+    assert merge.tombstone_node(state, ME, now=T0).state is state
