@@ -8,7 +8,8 @@ comparison is against what was last *announced*, kept in the schedule itself:
   1 s apart, the first time at once; a tombstone 10 times, two copies per batch;
 * every repeat carries `updated + k × 50 ns` (k = 0, 1, ...), so peers accept each copy as
   newer and relay it (Go's rule);
-* every own record is sent once more in a full refresh every 60 s;
+* an own record re-stamped only to stay fresh is sent once, and every own record is sent
+  once more in a full refresh every 60 s;
 * records this node wrote about others (expiry and dead-node tombstones) are sent 10 times
   through `enqueue`.
 
@@ -76,7 +77,9 @@ def enqueue(schedule: Schedule, records: Iterable[Service], *, now: int) -> Sche
     return Schedule(schedule.announced, pending, schedule.last_refresh)
 
 
-def due(schedule: Schedule, state: ClusterState, *, now: int) -> tuple[Schedule, tuple[Service, ...]]:
+def due(
+    schedule: Schedule, state: ClusterState, *, now: int
+) -> tuple[Schedule, tuple[Service, ...]]:
     """Return the next schedule and the records to send now, in a stable order.
 
     Pure. Call it about once a second; the records come out with their repeat offsets
@@ -92,6 +95,10 @@ def due(schedule: Schedule, state: ClusterState, *, now: int) -> tuple[Schedule,
         if previous is None or not record.same_content(previous):
             announced[key] = record
             pending[key] = _start(record, now=now)
+        elif record.updated > previous.updated and key not in pending:
+            # Re-stamped to stay fresh (merge.REFRESH_AFTER): one send is enough.
+            announced[key] = record
+            pending[key] = Pending(record, 1, 1, now)
     for key in [k for k in announced if k not in own]:
         del announced[key]
 

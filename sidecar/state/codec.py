@@ -179,9 +179,7 @@ def _fold(obj: object, keys: Mapping[str, tuple[str, int]], what: str) -> dict[s
                 value = _SURROGATE.sub("\ufffd", value)
         elif kind == _INT:
             if type(value) is not int:
-                raise RecordRejected(
-                    f"{what}.{name}: expected an integer, got {_describe(value)}"
-                )
+                raise RecordRejected(f"{what}.{name}: expected an integer, got {_describe(value)}")
         elif kind == _TIME:
             if type(value) is not str:
                 raise RecordRejected(f"{what}.{name}: expected a time, got {_describe(value)}")
@@ -207,7 +205,7 @@ def _service_from_object(obj: object) -> Service:
         fields["ports"] = tuple(_fold(p, _PORT_KEYS, "Port") for p in ports)
     status = fields.get("status")
     if status is not None:
-        if not 0 <= status <= max(Status):  # type: ignore[operator]
+        if not (isinstance(status, int) and 0 <= status <= max(Status)):
             raise RecordRejected(f"Service.status: expected 0..4, got {_describe(status)}")
         fields["status"] = Status(status)
     return Service.model_validate(fields)

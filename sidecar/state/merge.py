@@ -283,11 +283,7 @@ def stamp(
         wanted = observation
         if last is not None and last.status is Status.DRAINING and wanted.status is Status.ALIVE:
             wanted = wanted.with_status(Status.DRAINING, updated=wanted.updated)
-        if (
-            last is None
-            or not wanted.same_content(last)
-            or last.updated <= now - refresh_after
-        ):
+        if last is None or not wanted.same_content(last) or last.updated <= now - refresh_after:
             changes.learn(wanted.with_updated(_next_version(last, now=now)))
     own = state.servers.get(state.hostname)
     if own is not None:

@@ -72,9 +72,7 @@ def _days_in_month(year: int, month: int) -> int:
 
 
 MIN_ENCODABLE: Final = _days_from_civil(0, 1, 1) * SECONDS_PER_DAY * NANOS_PER_SECOND
-MAX_ENCODABLE: Final = (
-    _days_from_civil(10_000, 1, 1) * SECONDS_PER_DAY * NANOS_PER_SECOND - 1
-)
+MAX_ENCODABLE: Final = _days_from_civil(10_000, 1, 1) * SECONDS_PER_DAY * NANOS_PER_SECOND - 1
 
 
 def format_time(nanos: int) -> str:

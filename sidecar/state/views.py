@@ -211,11 +211,11 @@ def routing_table(state: ClusterState) -> RoutingTable:
                     for i in instances
                 )
                 continue
-            endpoints = sorted(
+            behind = sorted(
                 (i.endpoints[service_port] for i in instances),
                 key=lambda e: (e.hostname, e.service_id),
             )
-            routes.append(PortRoute(service_port, tuple(endpoints)))
+            routes.append(PortRoute(service_port, tuple(behind)))
         if routes:
             services.append(ServiceRoute(name, mode, tuple(routes)))
     excluded.sort(key=lambda e: (e.name, e.hostname, e.service_id, e.reason))

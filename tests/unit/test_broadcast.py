@@ -94,3 +94,13 @@ def test_peer_records_are_never_scheduled_by_the_owner_rules():
     state = merge.merge_record(ClusterState(hostname=ME), peer, now=T0).state
     _, sent = run(broadcast.Schedule(), state, T0, 70)
     assert sent == {}
+
+
+def test_a_record_restamped_to_stay_fresh_is_sent_once():
+    state = merge.stamp(ClusterState(hostname=ME), [observed("a")], now=T0).state
+    schedule, _ = run(broadcast.Schedule(), state, T0, 10)
+    later = T0 + merge.REFRESH_AFTER
+    state = merge.stamp(state, [observed("a")], now=later).state
+    _, sent = run(schedule, state, later, 20)
+    assert list(sent) == [0]
+    assert sent[0][0].updated == later

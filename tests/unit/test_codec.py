@@ -170,7 +170,7 @@ def test_input_go_would_refuse_is_rejected_with_the_field_and_value(document, na
 
 
 def test_state_decoding_rejects_a_bad_record_naming_it():
-    with pytest.raises(codec.RecordRejected, match="Service.status"):
+    with pytest.raises(codec.RecordRejected, match=r"Service\.status"):
         codec.decode_state(b'{"Servers":{"h":{"Services":{"x":{"Status":"up"}}}}}')
 
 
