@@ -48,6 +48,7 @@ _ESCAPES: Final[Mapping[str, str]] = {
 }
 _NEEDS_ESCAPE: Final = re.compile('[\x00-\x1f"\\\\<>&\u2028\u2029]')
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_MAX_STATUS: Final = max(Status)
 
 
 class RecordRejected(ValueError):
@@ -205,17 +206,19 @@ def _service_from_object(obj: object) -> Service:
         fields["ports"] = tuple(_fold(p, _PORT_KEYS, "Port") for p in ports)
     status = fields.get("status")
     if status is not None:
-        if not (isinstance(status, int) and 0 <= status <= max(Status)):
+        if not (isinstance(status, int) and 0 <= status <= _MAX_STATUS):
             raise RecordRejected(f"Service.status: expected 0..4, got {_describe(status)}")
         fields["status"] = Status(status)
     return Service.model_validate(fields)
 
 
 def _loads(raw: bytes | str) -> object:
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", "replace")
     try:
-        return json.loads(raw)
+        try:
+            return json.loads(raw)
+        except UnicodeDecodeError:
+            assert isinstance(raw, bytes)
+            return json.loads(raw.decode("utf-8", "replace"))  # as Go: invalid bytes -> U+FFFD
     except (ValueError, RecursionError) as exc:
         raise RecordRejected(f"not JSON: {exc}") from None
 

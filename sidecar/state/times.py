@@ -93,9 +93,21 @@ def format_time(nanos: int) -> str:
 
 
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:(Z)|([+-])(\d{2}):(\d{2}))",
+    r"(\d{4}-\d{2}-\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:(Z)|([+-])(\d{2}):(\d{2}))",
     re.ASCII,
 )
+
+
+@functools.lru_cache(maxsize=1024)
+def _day_number(date: str) -> int:
+    """Return the days since 1970-01-01 of a `YYYY-MM-DD` date (memoized: dates repeat).
+
+    Raises ValueError for a date that does not exist.
+    """
+    year, month, day = int(date[:4]), int(date[5:7]), int(date[8:10])
+    if not (1 <= month <= 12 and 1 <= day <= _days_in_month(year, month)):
+        raise ValueError(date)
+    return _days_from_civil(year, month, day)
 
 
 def parse_time(text: str) -> int:
@@ -107,31 +119,20 @@ def parse_time(text: str) -> int:
     match = _RFC3339.fullmatch(text)
     if match is None:
         raise ValueError(f"not an RFC 3339 time: {text!r}")
-    year_s, month_s, day_s, hour_s, minute_s, second_s, fraction, zulu, sign, oh, om = (
-        match.groups()
-    )
-    year, month, day = int(year_s), int(month_s), int(day_s)
+    date, hour_s, minute_s, second_s, fraction, zulu, sign, offset_h, offset_m = match.groups()
     hour, minute, second = int(hour_s), int(minute_s), int(second_s)
-    if not (
-        1 <= month <= 12
-        and 1 <= day <= _days_in_month(year, month)
-        and hour < 24
-        and minute < 60
-        and second < 60
-    ):
+    try:
+        days = _day_number(date)
+    except ValueError:
+        raise ValueError(f"RFC 3339 time out of range: {text!r}") from None
+    if hour > 23 or minute > 59 or second > 59:
         raise ValueError(f"RFC 3339 time out of range: {text!r}")
     offset = 0
     if zulu is None:
-        offset_hours, offset_minutes = int(oh), int(om)
+        offset_hours, offset_minutes = int(offset_h), int(offset_m)
         if offset_hours > 23 or offset_minutes > 59:
             raise ValueError(f"RFC 3339 time zone offset out of range: {text!r}")
         offset = (offset_hours * 3600 + offset_minutes * 60) * (-1 if sign == "-" else 1)
     nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
-    total_seconds = (
-        _days_from_civil(year, month, day) * SECONDS_PER_DAY
-        + hour * 3600
-        + minute * 60
-        + second
-        - offset
-    )
-    return total_seconds * NANOS_PER_SECOND + nanos
+    seconds_ = days * SECONDS_PER_DAY + hour * 3600 + minute * 60 + second - offset
+    return seconds_ * NANOS_PER_SECOND + nanos

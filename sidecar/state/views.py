@@ -21,8 +21,7 @@ import ipaddress
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from sidecar.state.model import ClusterState, Service, Status
 
@@ -49,8 +48,7 @@ _NAME_FORBIDDEN: Final = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 MAX_NAME_LENGTH: Final = 255
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """One instance behind a service port: where HAProxy sends a request."""
 
     hostname: str
@@ -59,16 +57,14 @@ class Endpoint:
     port: int
 
 
-@dataclass(frozen=True, slots=True)
-class PortRoute:
+class PortRoute(NamedTuple):
     """A service port and the instances behind it, sorted by (hostname, ID)."""
 
     service_port: int
     endpoints: tuple[Endpoint, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceRoute:
+class ServiceRoute(NamedTuple):
     """A service name, its proxy mode, and its ports, sorted by service port."""
 
     name: str
@@ -76,8 +72,7 @@ class ServiceRoute:
     ports: tuple[PortRoute, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Exclusion:
+class Exclusion(NamedTuple):
     """An ALIVE instance (or one of its ports) that is not served, and why."""
 
     hostname: str
@@ -86,8 +81,7 @@ class Exclusion:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class RoutingTable:
+class RoutingTable(NamedTuple):
     """The services to serve, sorted by name, and the instances left out."""
 
     services: tuple[ServiceRoute, ...]
@@ -142,8 +136,7 @@ def _service_ports(record: Service) -> dict[int, Endpoint]:
     return found
 
 
-@dataclass(frozen=True, slots=True)
-class _Instance:
+class _Instance(NamedTuple):
     record: Service
     endpoints: Mapping[int, Endpoint]
     shape: tuple[str, tuple[int, ...]]
