@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     decode = commands.add_parser(
         "decode", help="read a Go state.json or service JSON document, print it as Go would"
     )
-    decode.add_argument("file", type=argparse.FileType("rb"), help="the document, or - for stdin")
+    decode.add_argument("file", help="the document, or - for stdin")
     for name, what in NOT_YET.items():
         commands.add_parser(name, help=f"{what} (not built yet)")
     return parser
@@ -60,7 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(line, flush=True)
         return 0
     if args.command == "decode":
-        raw = args.file.read()
+        if args.file == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            try:
+                with open(args.file, "rb") as document:
+                    raw = document.read()
+            except OSError as exc:
+                print(f"sidecar decode: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+                return 1
         try:
             if b'"Servers"' in raw or b'"servers"' in raw:
                 out = codec.encode_state(codec.decode_state(raw))

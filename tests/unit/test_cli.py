@@ -1,0 +1,51 @@
+"""The command line: `sidecar simulate` and `sidecar decode`."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from sidecar import cli, simulate
+from tests.unit.test_codec import GO_SERVICE
+
+
+def test_the_simulated_cluster_converges_and_reports_every_step():
+    lines = list(simulate.run(4, loss=0.3, seed=3))
+    steps = [line for line in lines if "reached every live node" in line]
+    assert len(steps) == 4
+    assert not any("never" in line for line in steps)
+    assert any("same services and statuses: True" in line for line in lines)
+    # node3 crashed: nothing of it is routed; the three live hosts serve every service
+    routes = lines[lines.index(next(x for x in lines if x.startswith("Routing table"))) + 1 :]
+    assert len(routes) == 3
+    assert all("node3-" not in route for route in routes)
+
+
+def test_simulate_is_deterministic_for_a_seed():
+    assert list(simulate.run(3, loss=0.2, seed=5)) == list(simulate.run(3, loss=0.2, seed=5))
+
+
+def test_decode_prints_a_go_document_back_byte_for_byte(capsys, monkeypatch, tmp_path):
+    path = tmp_path / "service.json"
+    path.write_bytes(GO_SERVICE)
+    assert cli.main(["decode", str(path)]) == 0
+    assert capsys.readouterr().out == GO_SERVICE.decode() + "\n"
+
+
+def test_decode_names_the_field_go_would_refuse(capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b'{"Status": "up"}')))
+    assert cli.main(["decode", "-"]) == 1
+    assert "Service.status" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_commands_not_built_yet_say_so(command, capsys):
+    assert cli.main([command]) == 1
+    assert "not built yet" in capsys.readouterr().err
+
+
+def test_bad_simulation_arguments_are_refused_with_the_value(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["simulate", "--loss", "1.5"])
+    assert "--loss must be in [0, 1), got 1.5" in capsys.readouterr().err
