@@ -155,25 +155,223 @@ def short_id(container_id: str) -> str:
     return container_id[:ID_LENGTH]
 
 
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+_SERVICE_PORT_LABEL: Final = "ServicePort_"
+PROXY_MODES: Final = ("http", "tcp", "ws")
+MAX_THRESHOLD: Final = 100
+
+
+class _Refused(Exception):
+    """Internal: a label that cannot be honoured; the message is the rejection reason."""
+
+
+def _text(what: str, value: str) -> str:
+    if _CONTROL.search(value):
+        raise _Refused(f"{what} {value!r} contains a control character or line break")
+    return value
+
+
+def _port_number(value: str, *, label: str) -> int:
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise _Refused(f"label {label}={value!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def _threshold(labels: Mapping[str, str], label: str, default: int) -> int:
+    value = labels.get(label)
+    if value is None:
+        return default
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_THRESHOLD:
+        raise _Refused(f"label {label}={value!r} is not a count from 1 to {MAX_THRESHOLD}")
+    return int(text)
+
+
+def _name(facts: ContainerFacts, namer: Namer) -> str:
+    if isinstance(namer, LabelNamer):
+        name = facts.labels.get(namer.label, "")
+        return _text(f"label {namer.label}", name) if name else facts.image
+    match = namer.pattern.search(facts.name)
+    if match is None or not match.group(1):
+        return facts.image
+    return match.group(1)
+
+
+def _service_ports(facts: ContainerFacts) -> dict[int, int]:
+    """Return container port -> service port from the `ServicePort_<port>` labels."""
+    mapping: dict[int, int] = {}
+    for label, value in facts.labels.items():
+        if label.startswith(_SERVICE_PORT_LABEL):
+            suffix = label[len(_SERVICE_PORT_LABEL) :]
+            if not suffix.isascii() or not suffix.isdigit() or not 1 <= int(suffix) <= 65535:
+                raise _Refused(
+                    f"label {label!r} does not name a container port: "
+                    f"{suffix!r} is not a port number (1-65535)"
+                )
+            mapping[int(suffix)] = _port_number(value, label=label)
+    return mapping
+
+
+def _is_ipv6(address: str) -> bool:
+    return ":" in address
+
+
+def _ports(facts: ContainerFacts, policy: DiscoveryPolicy) -> tuple[Port, ...]:
+    """Return the service's ports: IPv4 bindings preferred, IPv6 twins of them dropped."""
+    service_ports = _service_ports(facts)
+    has_ipv4 = {(p.private_port, p.type) for p in facts.ports if not _is_ipv6(p.host_ip)}
+    kept = sorted(
+        (p.private_port, p.type, p.public_port, p.host_ip)
+        for p in facts.ports
+        if not (_is_ipv6(p.host_ip) and (p.private_port, p.type) in has_ipv4)
+    )
+    ports: list[Port] = []
+    for private, kind, public, host_ip in kept:
+        port = observed_port(
+            PublishedPort(private, kind, public, host_ip),
+            service_port=service_ports.get(private, 0),
+            advertise_ip=policy.advertise_ip,
+        )
+        if port not in ports:
+            ports.append(port)
+    return tuple(ports)
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if _is_ipv6(address) else address
+
+
+def _default_check(service: Service, policy: DiscoveryPolicy, rise: int, fall: int) -> CheckSpec:
+    tcp = next((p for p in service.ports or () if p.type == "tcp"), None)
+    if tcp is None:
+        return CheckSpec(CheckType.ALWAYS_SUCCESSFUL, "", rise, fall)
+    url = f"http://{_url_host(policy.advertise_ip)}:{tcp.port}{policy.default_check_endpoint}"
+    return CheckSpec(CheckType.HTTP_GET, url, rise, fall)
+
+
+def _check(facts: ContainerFacts, service: Service, policy: DiscoveryPolicy) -> CheckSpec:
+    labels = facts.labels
+    rise = _threshold(labels, "HealthCheckRise", policy.rise)
+    fall = _threshold(labels, "HealthCheckFall", policy.fall)
+    kind = _text("label HealthCheck", labels.get("HealthCheck", "")).strip()
+    template = _text("label HealthCheckArgs", labels.get("HealthCheckArgs", ""))
+    if not kind:
+        if facts.health is not None:
+            return CheckSpec(CheckType.DOCKER, "", rise, fall)
+        return _default_check(service, policy, rise, fall)
+    try:
+        check_type = CheckType(kind)
+    except ValueError:
+        check_type = CheckType.HTTP_GET  # Go runs any unknown type as HttpGet
+    if check_type is CheckType.EXTERNAL and not policy.external_checks:
+        raise _Refused(
+            "external checks disabled: label HealthCheck=External runs a command, "
+            "which this node's configuration does not allow"
+        )
+    try:
+        args = render_check_args(template, service, host=policy.advertise_ip)
+    except TemplateRejected as exc:
+        raise _Refused(str(exc)) from None
+    if not args and check_type is CheckType.HTTP_GET:
+        return _default_check(service, policy, rise, fall)
+    if not args and check_type is CheckType.TCP:
+        tcp = next((p for p in service.ports or () if p.type == "tcp"), None)
+        if tcp is None:
+            raise _Refused("label HealthCheck=Tcp without HealthCheckArgs needs a tcp port")
+        args = f"{_url_host(policy.advertise_ip)}:{tcp.port}"
+    if check_type is CheckType.EXTERNAL and not args.strip():
+        raise _Refused("label HealthCheck=External needs a command in HealthCheckArgs")
+    return CheckSpec(check_type, args, rise, fall)
+
+
+def _listener(facts: ContainerFacts, service: Service) -> str | None:
+    value = facts.labels.get("SidecarListener")
+    if value is None:
+        return None
+    service_port = _port_number(value, label="SidecarListener")
+    for port in service.ports or ():
+        if port.type == "tcp" and port.service_port == service_port:
+            return f"http://{_url_host(port.ip)}:{port.port}/sidecar/update"
+    raise _Refused(
+        f"label SidecarListener={value!r} names no published tcp port with that service port"
+    )
+
+
 def observe_container(facts: ContainerFacts, policy: DiscoveryPolicy) -> Observed | Rejected | None:
     """Return the observation of a running container, its rejection, or None if it asked
-    not to be discovered (`SidecarDiscover=false`).
+    not to be discovered (`SidecarDiscover=false`, any case).
 
-    Pure.
+    Pure. The record has status UNKNOWN and `updated` 0: health and `merge.stamp` fill them.
     """
-    raise NotImplementedError
+    if facts.labels.get("SidecarDiscover", "").strip().lower() == "false":
+        return None
+    service_id = short_id(facts.id)
+    try:
+        name = _text("service name", _name(facts, policy.namer))
+        if not name:
+            raise _Refused("the container has no service name and no image name")
+        mode = _text("label ProxyMode", facts.labels.get("ProxyMode", "http"))
+        if mode not in PROXY_MODES:
+            raise _Refused(f"label ProxyMode={mode!r} is not one of {', '.join(PROXY_MODES)}")
+        service = Service(
+            id=service_id,
+            name=name,
+            image=_text("image", facts.image),
+            created=facts.created,
+            hostname=policy.hostname,
+            ports=_ports(facts, policy),
+            updated=0,
+            proxy_mode=mode,
+            status=Status.UNKNOWN,
+        )
+        return Observed(service, _check(facts, service, policy), _listener(facts, service))
+    except _Refused as refused:
+        return Rejected(service_id, facts.name, str(refused))
+
+
+_PLACEHOLDER: Final = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_PORT_FUNCTION: Final = re.compile(r"(tcp|udp)\s+(\d{1,5})", re.ASCII)
+
+
+class TemplateRejected(ValueError):
+    """A `HealthCheckArgs` template asks for something the restricted renderer refuses."""
 
 
 def render_check_args(template: str, service: Service, *, host: str) -> str:
     """Return `HealthCheckArgs` with its `{{ ... }}` placeholders filled in.
 
-    Pure. Raises TemplateRejected for anything but `host`, `container`, `tcp N`, `udp N`.
+    Pure. Understands exactly `{{ host }}` (this node's advertise IP), `{{ container }}`
+    (the record's `Hostname`, as Go has it), `{{ tcp N }}` and `{{ udp N }}` (the published
+    port whose service port is N). Anything else raises TemplateRejected: nothing is
+    evaluated.
     """
-    raise NotImplementedError
 
+    def fill(match: re.Match[str]) -> str:
+        expression = " ".join(match.group(1).split())
+        if expression == "host":
+            return host
+        if expression == "container":
+            return service.hostname
+        function = _PORT_FUNCTION.fullmatch(expression)
+        if function is None:
+            raise TemplateRejected(
+                f"HealthCheckArgs placeholder {match.group(0)!r} is not one of "
+                "{{ host }}, {{ container }}, {{ tcp N }}, {{ udp N }}"
+            )
+        kind, service_port = function.group(1), int(function.group(2))
+        for port in service.ports or ():
+            if port.type == kind and port.service_port == service_port:
+                return str(port.port)
+        raise TemplateRejected(
+            f"HealthCheckArgs asks for {match.group(0)!r} but no published {kind} port "
+            f"has service port {service_port}"
+        )
 
-class TemplateRejected(ValueError):
-    """A `HealthCheckArgs` template asks for something the restricted renderer refuses."""
+    rendered = _PLACEHOLDER.sub(fill, template)
+    if "{{" in rendered:
+        raise TemplateRejected(f"HealthCheckArgs {template!r} has an unclosed '{{{{'")
+    return rendered
 
 
 # ---------------------------------------------------------------------- health thresholds
@@ -194,7 +392,18 @@ def record_result(health: Health, *, healthy: bool, rise: int, fall: int) -> Hea
     UNHEALTHY; before its first result a service is UNKNOWN, and its first result decides
     at once (there is no earlier state to protect).
     """
-    raise NotImplementedError
+    if healthy:
+        streak = health.streak + 1 if health.streak > 0 else 1
+    else:
+        streak = health.streak - 1 if health.streak < 0 else -1
+    status = health.status
+    if status is Status.UNKNOWN:
+        status = Status.ALIVE if healthy else Status.UNHEALTHY
+    elif status is Status.ALIVE and -streak >= fall:
+        status = Status.UNHEALTHY
+    elif status is Status.UNHEALTHY and streak >= rise:
+        status = Status.ALIVE
+    return Health(status, streak)
 
 
 def status_from_docker_health(health: str | None) -> bool | None:
