@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -420,3 +420,37 @@ def observed_port(port: PublishedPort, *, service_port: int, advertise_ip: str) 
     """Return the service's port for one published binding."""
     ip = advertise_ip if port.host_ip in ("", "0.0.0.0", "::") else port.host_ip
     return Port(type=port.type, port=port.public_port, service_port=service_port, ip=ip)
+
+
+DOCKER_OUTAGE_GRACE: Final = 30 * 1_000_000_000
+
+
+def containers_to_serve(
+    last_listing: tuple[ContainerFacts, ...],
+    *,
+    unreachable_since: int | None,
+    now: int,
+    grace: int = DOCKER_OUTAGE_GRACE,
+) -> tuple[ContainerFacts, ...]:
+    """Return the containers to go on serving: the last listing, unless the Engine has been
+    unreachable for longer than `grace` (then nothing: this host's services go).
+
+    Pure. A short outage (an Engine restart) must not tombstone what still runs.
+    """
+    if unreachable_since is not None and now - unreachable_since > grace:
+        return ()
+    return last_listing
+
+
+def with_health(observed: Iterable[Observed], health: Mapping[str, Health]) -> list[Service]:
+    """Return the observed records with the status their checks decided (UNKNOWN before the
+    first result): what `merge.stamp` takes.
+
+    Pure.
+    """
+    out: list[Service] = []
+    for item in observed:
+        status = health.get(item.service.id, Health()).status
+        service = item.service
+        out.append(service if service.status is status else service.with_status(status, updated=0))
+    return out

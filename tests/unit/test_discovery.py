@@ -296,3 +296,31 @@ def test_docker_health_maps_to_check_results():
     assert discovery.status_from_docker_health("unhealthy") is False
     assert discovery.status_from_docker_health("starting") is None
     assert discovery.status_from_docker_health(None) is None
+
+
+# ---------------------------------------------------------------------- serving policy
+
+S = times.NANOS_PER_SECOND
+
+
+def test_a_short_engine_outage_keeps_the_last_listing_and_a_long_one_drops_it():
+    listing = (facts(),)
+    assert discovery.containers_to_serve(listing, unreachable_since=None, now=100 * S) == listing
+    kept = discovery.containers_to_serve(listing, unreachable_since=80 * S, now=100 * S)
+    assert kept == listing
+    gone = discovery.containers_to_serve(listing, unreachable_since=60 * S, now=100 * S)
+    assert gone == ()
+    custom = discovery.containers_to_serve(
+        listing, unreachable_since=95 * S, now=100 * S, grace=2 * S
+    )
+    assert custom == ()
+
+
+def test_observed_records_take_the_status_their_checks_decided():
+    first = observed(facts())
+    second = observed(ContainerFacts(id="e" * 64, name="/b", image="b:1", created=CREATED))
+    services = discovery.with_health(
+        [first, second], {first.service.id: Health(Status.UNHEALTHY, -2)}
+    )
+    assert [s.status for s in services] == [Status.UNHEALTHY, Status.UNKNOWN]
+    assert services[0].id == first.service.id
