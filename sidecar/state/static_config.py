@@ -31,7 +31,15 @@ from dataclasses import replace
 from typing import Final
 
 from sidecar.state import codec
-from sidecar.state.discovery import ID_LENGTH, CheckSpec, CheckType, DiscoveryPolicy, Observed
+from sidecar.state.discovery import (
+    ID_LENGTH,
+    CheckSpec,
+    CheckType,
+    DiscoveryPolicy,
+    Observed,
+    TemplateRejected,
+    render_check_args,
+)
 from sidecar.state.model import Port, Service, Status
 from sidecar.state.times import UNIX_EPOCH
 
@@ -172,6 +180,14 @@ def _check(
             f"{where}.Type: External checks are disabled in this node's configuration",
             source=source,
         )
+    try:
+        args = render_check_args(args, service, host=policy.advertise_ip)
+    except TemplateRejected as exc:
+        raise StaticConfigError(f"{where}.Args: {exc}", source=source) from None
+    if check_type is CheckType.HTTP_GET and args.startswith(("http://:", "https://:")):
+        # Go dials an empty host as this host (`http://:10234/` in Go's own fixture).
+        scheme, rest = args.split("://", 1)
+        args = f"{scheme}://{policy.advertise_ip}{rest}"
     return CheckSpec(check_type, args, rise=policy.rise, fall=policy.fall)
 
 

@@ -74,7 +74,8 @@ GO_STATIC_OLD = """[{"Service": {"Name": "some_service",
   "Profile": "longtimeout"},
  "Check": {"Type": "HttpGet", "Args": "http://:10234/"}}]"""
 
-HTTP_CHECK = CheckSpec(CheckType.HTTP_GET, "http://:10234/", rise=1, fall=2)
+# Go dials the empty host of its fixture's URL as this host: we fill in the advertise IP.
+HTTP_CHECK = CheckSpec(CheckType.HTTP_GET, "http://192.168.1.10:10234/", rise=1, fall=2)
 HEX12 = re.compile(r"[0-9a-f]{12}")
 
 
@@ -358,3 +359,13 @@ def test_any_text_parses_or_is_refused(text: str | bytes):
 @given(st.lists(targetish, max_size=4) | json_values)
 def test_any_json_document_parses_or_is_refused(document: object):
     assert_parses_or_refuses(json.dumps(document))
+
+
+def test_check_args_are_templated_and_a_refused_template_names_the_target():
+    doc = json.loads(GO_STATIC)
+    doc[0]["Check"]["Args"] = "http://{{ host }}:{{ tcp 9999 }}/status"
+    check = only(parse_static(json.dumps(doc), POLICY, now=NOW)).check
+    assert check.args == "http://192.168.1.10:10234/status"
+    doc[0]["Check"]["Args"] = "{{ .ID }}"
+    with pytest.raises(StaticConfigError, match=r"target 0.*Args.*is not one of"):
+        parse_static(json.dumps(doc), POLICY, now=NOW)
