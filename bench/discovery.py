@@ -3,9 +3,9 @@
     .venv/bin/python bench/discovery.py [--containers 20]
 
 Needs a running Docker Engine and the local image `sidecar-test-busybox:latest`
-(`bash scripts/build-test-image.sh`). Runs the discovery pipeline the daemon will run —
-`DockerDiscovery` (list + events) -> `observe_container` (labels) -> `CheckRunner` (the
-default HttpGet check, first run at once) -> `record_result` (thresholds) — and, one
+(`bash scripts/build-test-image.sh`). Runs `sidecar.host.HostDiscovery`, the discovery the
+daemon will run — `DockerDiscovery` (list + events) -> `observe_container` (labels) ->
+`CheckRunner` (the default HttpGet check, first run at once) -> `record_result` — and, one
 container at a time, measures the time from `docker run` returning (the container started;
 busybox httpd answers within milliseconds) to the pipeline's first ALIVE for it. Prints
 p50/p99/max over N containers. Target (issue 3): p50 <= 300 ms. The Go Sidecar polls Docker
@@ -21,10 +21,9 @@ import time
 
 import docker
 
-from sidecar.adapters.checks import CheckRunner
-from sidecar.adapters.docker import DockerDiscovery, Snapshot
-from sidecar.state import discovery
-from sidecar.state.discovery import DiscoveryPolicy, Health, Observed
+from sidecar.adapters.docker import DockerDiscovery
+from sidecar.host import HostDiscovery, HostObservation
+from sidecar.state.discovery import DiscoveryPolicy
 from sidecar.state.model import Status
 
 IMAGE = "sidecar-test-busybox:latest"
@@ -32,46 +31,18 @@ POLICY = DiscoveryPolicy(hostname="bench", advertise_ip="127.0.0.1")
 
 
 async def measure(count: int) -> list[tuple[float, float]]:
-    docker_queue: asyncio.Queue = asyncio.Queue()
-    check_queue: asyncio.Queue = asyncio.Queue()
-    runner = CheckRunner(check_queue, interval=3.0, timeout=1.0)
-    source = asyncio.create_task(DockerDiscovery().run(docker_queue))
-    health: dict[str, Health] = {}
-    specs: dict[str, Observed] = {}
+    out: asyncio.Queue[HostObservation] = asyncio.Queue()
+    host = HostDiscovery(POLICY, docker=DockerDiscovery(), check_interval=3.0, check_timeout=1.0)
     alive_at: dict[str, float] = {}
 
-    async def pipeline() -> None:
-        async def from_docker() -> None:
-            while True:
-                item = await docker_queue.get()
-                if not isinstance(item, Snapshot):
-                    continue
-                observed = [discovery.observe_container(f, POLICY) for f in item.containers]
-                specs.clear()
-                specs.update({o.service.id: o for o in observed if isinstance(o, Observed)})
-                runner.update(
-                    {sid: o.check for sid, o in specs.items()},
-                    {discovery.short_id(f.id): f.health for f in item.containers},
-                )
+    async def watch() -> None:
+        while True:
+            observation = await out.get()
+            for service in observation.services:
+                if service.status is Status.ALIVE:
+                    alive_at.setdefault(service.id, time.perf_counter())
 
-        async def from_checks() -> None:
-            while True:
-                service_id, outcome, _ = await check_queue.get()
-                if outcome.healthy is None or service_id not in specs:
-                    continue
-                check = specs[service_id].check
-                health[service_id] = discovery.record_result(
-                    health.get(service_id, Health()),
-                    healthy=outcome.healthy,
-                    rise=check.rise,
-                    fall=check.fall,
-                )
-                if health[service_id].status is Status.ALIVE:
-                    alive_at.setdefault(service_id, time.perf_counter())
-
-        await asyncio.gather(from_docker(), from_checks())
-
-    work = asyncio.create_task(pipeline())
+    tasks = [asyncio.create_task(host.run(out)), asyncio.create_task(watch())]
     client = docker.from_env()
     latencies: list[tuple[float, float]] = []
     try:
@@ -92,20 +63,20 @@ async def measure(count: int) -> list[tuple[float, float]]:
             started = time.perf_counter()
             service_id = container.id[:12]
             try:
-                for _ in range(500):
+                for _ in range(2500):
                     if service_id in alive_at:
                         break
                     await asyncio.sleep(0.002)
                 else:
                     raise RuntimeError(f"container {service_id} never became ALIVE")
-                latencies.append((alive_at[service_id] - started, alive_at[service_id] - called))
+                alive = alive_at[service_id]
+                latencies.append((max(alive - started, 0.0), alive - called))
             finally:
                 await asyncio.to_thread(container.remove, force=True)
     finally:
-        work.cancel()
-        source.cancel()
-        await asyncio.gather(work, source, return_exceptions=True)
-        await runner.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         client.close()
     return latencies
 

@@ -5,7 +5,7 @@ It translates and never decides: labels are handed on uninterpreted (the core's
 on (the grace before tombstoning is the core's policy).
 
 `DockerDiscovery.run` lists the running containers at start, then follows the Engine's event
-stream (start, die, stop, destroy, health_status, rename) and emits a fresh `Snapshot` after
+stream (start, die, stop, destroy, health_status, rename) and emits a fresh `ContainerListing` after
 each relevant event, plus a full resync every `resync_interval` to repair a missed event.
 The Docker SDK blocks, so every call runs in a thread (DESIGN decision 10): list and inspect
 through `asyncio.to_thread`, the event stream in a daemon thread that hands each event to the
@@ -21,7 +21,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 import docker
@@ -29,7 +28,13 @@ import docker.utils
 import requests
 from docker.errors import DockerException, NotFound
 
-from sidecar.state.discovery import ContainerFacts, PublishedPort
+from sidecar.state.discovery import (
+    ContainerFacts,
+    ContainerListing,
+    DockerObservation,
+    EngineUnreachable,
+    PublishedPort,
+)
 from sidecar.state.times import NANOS_PER_SECOND, parse_time
 
 log = logging.getLogger("sidecar.docker")
@@ -45,24 +50,6 @@ API_TIMEOUT: Final = 10.0  # seconds, for one list or inspect call
 
 # What a lost or refused connection to the Engine raises from inside the SDK.
 ENGINE_ERRORS: Final = (DockerException, requests.exceptions.RequestException, OSError)
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Every running container on this host, as of `at` (ns since the epoch)."""
-
-    containers: tuple[ContainerFacts, ...]
-    at: int
-
-
-@dataclass(frozen=True, slots=True)
-class EngineUnreachable:
-    """The Engine stopped answering at `since` (ns since the epoch); sent once per outage."""
-
-    since: int
-
-
-DockerObservation = Snapshot | EngineUnreachable
 
 
 # ---------------------------------------------------------------------- pure translation
@@ -161,7 +148,7 @@ _END: Final = object()  # what the reader thread queues when its stream ends
 
 
 class DockerDiscovery:
-    """Follows the local Docker Engine and pushes `Snapshot`s and `EngineUnreachable`s."""
+    """Follows the local Docker Engine and pushes `ContainerListing`s and `EngineUnreachable`s."""
 
     def __init__(
         self,
@@ -273,7 +260,7 @@ class DockerDiscovery:
     # -- listing and events
 
     async def _resync(self, out: asyncio.Queue[DockerObservation]) -> None:
-        """List every running container, replace the cache, emit a Snapshot."""
+        """List every running container, replace the cache, emit a ContainerListing."""
         assert self._client is not None
         self._containers = await asyncio.to_thread(_list_running, self._client)
         await self._emit(out)
@@ -290,13 +277,16 @@ class DockerDiscovery:
         while True:
             wait = next_resync - loop.time()
             try:
-                event = await asyncio.wait_for(events.get(), timeout=max(wait, 0))
+                # Not asyncio.wait_for: on 3.11 it swallows a cancellation that lands as an
+                # event arrives, and this task would then never stop.
+                async with asyncio.timeout(max(wait, 0)):
+                    event = await events.get()
             except TimeoutError:
                 await self._resync(out)
                 next_resync = loop.time() + self._resync_interval
                 continue
             changed = await self._apply(event)
-            # A burst is applied as one: everything already queued, then one Snapshot.
+            # A burst is applied as one: everything already queued, then one ContainerListing.
             while not events.empty():
                 changed = await self._apply(events.get_nowait()) or changed
             if changed:
@@ -324,9 +314,9 @@ class DockerDiscovery:
         return True
 
     async def _emit(self, out: asyncio.Queue[DockerObservation]) -> None:
-        """Return once a Snapshot of the cache, sorted by ID, is queued."""
+        """Return once a ContainerListing of the cache, sorted by ID, is queued."""
         containers = tuple(sorted(self._containers.values(), key=lambda facts: facts.id))
-        await out.put(Snapshot(containers=containers, at=self._clock()))
+        await out.put(ContainerListing(containers=containers, at=self._clock()))
 
 
 # ---------------------------------------------------------------------- in threads

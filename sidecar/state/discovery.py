@@ -57,6 +57,24 @@ class ContainerFacts:
     health: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerListing:
+    """Every running container on this host, as of `at` (ns since the epoch)."""
+
+    containers: tuple[ContainerFacts, ...]
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineUnreachable:
+    """The Engine stopped answering at `since` (ns since the epoch); sent once per outage."""
+
+    since: int
+
+
+DockerObservation = ContainerListing | EngineUnreachable
+
+
 class CheckType(enum.StrEnum):
     """The health check kinds (Go's names; `Tcp` and `Docker` are ours)."""
 

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from sidecar.adapters.docker import DockerDiscovery, EngineUnreachable, Snapshot
+from sidecar.adapters.docker import DockerDiscovery
+from sidecar.state.discovery import ContainerListing, EngineUnreachable
 from sidecar.state.times import parse_time
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ FAST = 1.0  # seconds: the bound on "within milliseconds" that a loaded CI machi
 
 @dataclass(frozen=True)
 class Arrival:
-    value: Snapshot | EngineUnreachable
+    value: ContainerListing | EngineUnreachable
     wall_ns: int  # time.time_ns() when the test thread's loop received it
     mono: float  # time.monotonic() at the same moment
 
@@ -98,17 +99,21 @@ class Watcher:
         self.seen.append(arrival)
         return arrival
 
-    def wait_for(self, pred: Callable[[Snapshot], bool], *, timeout: float, what: str) -> Arrival:
-        """The first Snapshot (from now on) for which `pred` holds, within `timeout` seconds."""
+    def wait_for(
+        self, pred: Callable[[ContainerListing], bool], *, timeout: float, what: str
+    ) -> Arrival:
+        """The first listing (from now on) for which `pred` holds, within `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while (arrival := self.next(deadline - time.monotonic())) is not None:
-            if isinstance(arrival.value, Snapshot) and pred(arrival.value):
+            if isinstance(arrival.value, ContainerListing) and pred(arrival.value):
                 return arrival
-        last = next((a.value for a in reversed(self.seen) if isinstance(a.value, Snapshot)), None)
-        pytest.fail(f"no Snapshot within {timeout:g}s where {what}; last: {last!r}")
+        last = next(
+            (a.value for a in reversed(self.seen) if isinstance(a.value, ContainerListing)), None
+        )
+        pytest.fail(f"no ContainerListing within {timeout:g}s where {what}; last: {last!r}")
 
 
-def find(snapshot: Snapshot, container_id: str) -> ContainerFacts | None:
+def find(snapshot: ContainerListing, container_id: str) -> ContainerFacts | None:
     return next((c for c in snapshot.containers if c.id == container_id), None)
 
 
@@ -123,7 +128,7 @@ def watcher(docker_client) -> Iterator[Callable[..., Watcher]]:
         w.start()
         first = w.next(20)
         assert first is not None
-        assert isinstance(first.value, Snapshot), first
+        assert isinstance(first.value, ContainerListing), first
         return w
 
     try:
@@ -166,7 +171,7 @@ def test_a_started_container_appears_and_a_stopped_one_goes_within_a_second(
     start_latency = (
         seen.wall_ns - event_time_ns(docker_client, container.id, "start", started)
     ) / 1e6
-    print(f"run() took {(ran - t0) * 1000:.0f} ms; start event -> Snapshot {start_latency:.1f} ms")
+    print(f"run() took {(ran - t0) * 1000:.0f} ms; start event -> listing {start_latency:.1f} ms")
     assert start_latency < FAST * 1000
 
     facts = find(seen.value, container.id)
@@ -196,7 +201,7 @@ def test_a_started_container_appears_and_a_stopped_one_goes_within_a_second(
     stop_latency = (gone.wall_ns - event_time_ns(docker_client, container.id, "die", started)) / 1e6
     print(
         f"stop() took {(stopped - t1) * 1000:.0f} ms; gone {(gone.mono - stopped) * 1000:.1f} ms "
-        f"after stop() returned; die event -> Snapshot {stop_latency:.1f} ms"
+        f"after stop() returned; die event -> ContainerListing {stop_latency:.1f} ms"
     )
     assert gone.mono - stopped < FAST
     assert not any(isinstance(a.value, EngineUnreachable) for a in w.seen)
@@ -229,12 +234,12 @@ def test_docker_healthcheck_status_reaches_a_snapshot(run_container, watcher):
         timeout=20,
         what="its health is healthy",
     )
-    print(f"healthy in a Snapshot {(time.monotonic() - t0) * 1000:.0f} ms after run() returned")
-    # Before that, any Snapshot listing it said "starting" (or healthy), never no health at all.
+    print(f"healthy in a listing {(time.monotonic() - t0) * 1000:.0f} ms after run() returned")
+    # Before that, any listing of it said "starting" (or healthy), never no health at all.
     healths = [
         f.health
         for a in w.seen
-        if isinstance(a.value, Snapshot) and (f := find(a.value, container.id)) is not None
+        if isinstance(a.value, ContainerListing) and (f := find(a.value, container.id)) is not None
     ]
     assert set(healths) <= {"starting", "healthy"}, healths
 
@@ -330,26 +335,26 @@ def test_an_engine_restart_is_one_outage_then_a_fresh_listing(
         timeout=30,
         what="the restart-policy container runs again",
     )
-    print(f"survivor in a Snapshot {(back.mono - t_restart) * 1000:.0f} ms after dockerd start")
+    print(f"survivor in a listing {(back.mono - t_restart) * 1000:.0f} ms after dockerd start")
 
     for a in w.seen:
         v = a.value
         kind = type(v).__name__
-        ids = [c.id[:12] for c in v.containers] if isinstance(v, Snapshot) else []
+        ids = [c.id[:12] for c in v.containers] if isinstance(v, ContainerListing) else []
         print(f"  {(a.mono - t_stop) * 1000:8.0f} ms after stop: {kind} {ids}")
     unreachable = [a for a in w.seen if isinstance(a.value, EngineUnreachable)]
     assert len(unreachable) == 1, [a.value for a in w.seen]
     warnings = [r for r in caplog.records if r.name == "sidecar.docker" and "unreachable" in r.msg]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     outage_start = unreachable[0].mono
-    snapshots = [a for a in w.seen if isinstance(a.value, Snapshot)]
+    snapshots = [a for a in w.seen if isinstance(a.value, ContainerListing)]
     during = [a for a in snapshots if outage_start <= a.mono < t_restart]
-    assert during == [], "a Snapshot was emitted while the engine was down"
+    assert during == [], "a ContainerListing was emitted while the engine was down"
     # Before the stream closes, dockerd (live-restore off) kills the containers and reports
-    # their `die`: those Snapshots are true, and may be empty. No error makes one.
+    # their `die`: those ContainerListings are true, and may be empty. No error makes one.
     before = [a for a in snapshots if a.mono < outage_start]
     assert all(find(a.value, casualty.id) is None for a in before[-1:]), "casualty not died"
     after = [a for a in snapshots if a.mono >= t_restart]
-    assert after, "no Snapshot after the engine came back"
+    assert after, "no ContainerListing after the engine came back"
     assert all(find(a.value, casualty.id) is None for a in after), "the stopped one is back"
     assert time.monotonic() - test_started < 60

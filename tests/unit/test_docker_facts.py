@@ -11,14 +11,13 @@ import contextlib
 import copy
 from typing import Any
 
-from sidecar.adapters.docker import (
-    DockerDiscovery,
+from sidecar.adapters.docker import DockerDiscovery, facts_from_container, relevant_action
+from sidecar.state.discovery import (
+    ContainerFacts,
     DockerObservation,
     EngineUnreachable,
-    facts_from_container,
-    relevant_action,
+    PublishedPort,
 )
-from sidecar.state.discovery import ContainerFacts, PublishedPort
 
 CONTAINER_ID = "eb2409375e419514d22d29d0cb0c9036700b11f16ffb28b56f62dd8e45c58963"
 
@@ -195,7 +194,7 @@ def test_relevant_actions_include_health_status_with_its_suffix():
 
 def test_an_unreachable_engine_is_reported_once_and_never_as_an_empty_snapshot(tmp_path, caplog):
     """No Engine at all (a socket path that does not exist): one EngineUnreachable with the
-    injected clock's time, retries with backoff, no Snapshot, and cancel stops it at once."""
+    injected clock's time, retries with backoff, no listing, and cancel stops it at once."""
     clock = iter(range(1_000, 10**9, 1_000))
     discovery = DockerDiscovery(
         base_url=f"unix://{tmp_path}/no-such.sock", clock=lambda: next(clock), backoff_cap=0.05

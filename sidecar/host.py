@@ -1,0 +1,172 @@
+"""What runs on this host: Docker and static discovery plus health checks, through the core.
+
+`HostDiscovery` runs the Docker adapter, the static-file adapter and the check runner, and
+folds what they report with the core's pure functions (`observe_container`,
+`containers_to_serve`, `record_result`, `with_health`) into `HostObservation`s: the records
+this host serves, each with the status its checks decided, and the containers rejected with
+their reasons. It emits a new one whenever what it would say changes. The daemon's loop
+(issue 5) stamps them into the cluster state; `bench/discovery.py` measures them.
+
+It decides nothing itself: every rule is in `sidecar.state.discovery`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.adapters.checks import CheckRunner
+from sidecar.adapters.docker import DockerDiscovery
+from sidecar.adapters.static import StaticDiscovery, StaticSnapshot
+from sidecar.state import discovery
+from sidecar.state.discovery import (
+    ContainerFacts,
+    ContainerListing,
+    DiscoveryPolicy,
+    EngineUnreachable,
+    Health,
+    Observed,
+    Rejected,
+)
+from sidecar.state.model import Service
+
+log = logging.getLogger("sidecar.host")
+
+
+@dataclass(frozen=True, slots=True)
+class HostObservation:
+    """The records this host serves (health-stamped, `updated` 0) and the rejected ones."""
+
+    services: tuple[Service, ...]
+    rejected: tuple[Rejected, ...]
+    at: int
+
+
+class HostDiscovery:
+    """Runs discovery and checks for this host and emits `HostObservation`s on change."""
+
+    def __init__(
+        self,
+        policy: DiscoveryPolicy,
+        *,
+        docker: DockerDiscovery | None = None,
+        static: StaticDiscovery | None = None,
+        check_interval: float = 3.0,
+        check_timeout: float | None = None,
+        grace: int = discovery.DOCKER_OUTAGE_GRACE,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._policy = policy
+        self._docker = docker
+        self._static = static
+        self._check_interval = check_interval
+        self._check_timeout = check_timeout
+        self._grace = grace
+        self._clock = clock
+        self._listing: tuple[ContainerFacts, ...] = ()
+        self._unreachable_since: int | None = None
+        self._static_observed: tuple[Observed, ...] = ()
+        self._health: dict[str, Health] = {}
+        self._observed: dict[str, Observed] = {}
+        self._logged_rejections: set[tuple[str, str]] = set()
+        self._last: tuple[tuple[Service, ...], tuple[Rejected, ...]] | None = None
+
+    async def run(self, out: asyncio.Queue[HostObservation]) -> None:
+        """Return never; feed `out` until cancelled."""
+        inputs: asyncio.Queue[Any] = asyncio.Queue()
+        reports: asyncio.Queue[Any] = asyncio.Queue()
+        runner = CheckRunner(
+            reports,
+            interval=self._check_interval,
+            timeout=self._check_timeout,
+            clock=self._clock,
+        )
+        tasks = [asyncio.create_task(self._forward(reports, inputs))]
+        if self._docker is not None:
+            tasks.append(asyncio.create_task(self._docker.run(inputs)))
+        if self._static is not None:
+            tasks.append(asyncio.create_task(self._static.run(inputs)))
+        try:
+            await self._emit(out, runner)
+            while True:
+                timeout = self._grace_left()
+                try:
+                    # Not asyncio.wait_for, which on 3.11 can swallow a cancellation.
+                    async with asyncio.timeout(timeout):
+                        item = await inputs.get()
+                except TimeoutError:
+                    item = None  # the outage grace ran out
+                self._fold(item)
+                await self._emit(out, runner)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await runner.close()
+
+    @staticmethod
+    async def _forward(reports: asyncio.Queue[Any], inputs: asyncio.Queue[Any]) -> None:
+        while True:
+            await inputs.put(("check", await reports.get()))
+
+    def _grace_left(self) -> float | None:
+        if self._unreachable_since is None:
+            return None
+        left = self._unreachable_since + self._grace - self._clock()
+        return None if left < 0 else left / 1e9 + 0.001
+
+    def _fold(self, item: object) -> None:
+        if isinstance(item, ContainerListing):
+            self._listing = item.containers
+            self._unreachable_since = None
+        elif isinstance(item, EngineUnreachable):
+            self._unreachable_since = item.since
+        elif isinstance(item, StaticSnapshot):
+            self._static_observed = item.observed
+        elif isinstance(item, tuple) and item and item[0] == "check":
+            service_id, outcome, _ = item[1]
+            observed = self._observed.get(service_id)
+            if observed is not None and outcome.healthy is not None:
+                self._health[service_id] = discovery.record_result(
+                    self._health.get(service_id, Health()),
+                    healthy=outcome.healthy,
+                    rise=observed.check.rise,
+                    fall=observed.check.fall,
+                )
+
+    async def _emit(self, out: asyncio.Queue[HostObservation], runner: CheckRunner) -> None:
+        now = self._clock()
+        containers = discovery.containers_to_serve(
+            self._listing, unreachable_since=self._unreachable_since, now=now, grace=self._grace
+        )
+        observed: dict[str, Observed] = {o.service.id: o for o in self._static_observed}
+        rejected: list[Rejected] = []
+        for facts in containers:
+            result = discovery.observe_container(facts, self._policy)
+            if isinstance(result, Observed):
+                observed[result.service.id] = result
+            elif isinstance(result, Rejected):
+                rejected.append(result)
+                if (result.id, result.reason) not in self._logged_rejections:
+                    self._logged_rejections.add((result.id, result.reason))
+                    log.warning(
+                        "not serving container %s %s: %s", result.id, result.name, result.reason
+                    )
+        self._observed = observed
+        self._health = {k: v for k, v in self._health.items() if k in observed}
+        runner.update(
+            {service_id: o.check for service_id, o in observed.items()},
+            {discovery.short_id(f.id): f.health for f in containers},
+        )
+        services = tuple(discovery.with_health(observed.values(), self._health))
+        current = (services, tuple(rejected))
+        if current != self._last:
+            self._last = current
+            await out.put(HostObservation(services, tuple(rejected), now))

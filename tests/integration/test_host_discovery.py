@@ -1,0 +1,141 @@
+"""This host's discovery end to end: real containers -> labels -> real checks -> records."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from sidecar.adapters.docker import DockerDiscovery
+from sidecar.host import HostDiscovery, HostObservation
+from sidecar.state.discovery import CheckType, DiscoveryPolicy
+from sidecar.state.model import Port, Status
+
+pytestmark = pytest.mark.docker
+
+POLICY = DiscoveryPolicy(hostname="test-host", advertise_ip="127.0.0.1")
+
+
+async def next_matching(queue, predicate, *, within):
+    """Return the first HostObservation from `queue` for which `predicate` holds."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            item: HostObservation = await asyncio.wait_for(queue.get(), left)
+        except TimeoutError:
+            break
+        if predicate(item):
+            return item
+    raise AssertionError(f"no matching observation within {within} s")
+
+
+def by_id(observation, container):
+    return next((s for s in observation.services if s.id == container.id[:12]), None)
+
+
+def test_labelled_containers_are_served_checked_rejected_and_dropped(
+    docker_client, test_image, run_container
+):
+    async def scenario():
+        out: asyncio.Queue[HostObservation] = asyncio.Queue()
+        host = HostDiscovery(POLICY, docker=DockerDiscovery(), check_interval=1.0)
+        task = asyncio.create_task(host.run(out))
+        try:
+            good = await asyncio.to_thread(
+                run_container,
+                test_image,
+                labels={
+                    "ServiceName": "web",
+                    "ServicePort_80": "8080",
+                    "ServicePort_443": "8443",
+                    "HealthCheck": "HttpGet",
+                    "HealthCheckArgs": "http://{{ host }}:{{ tcp 8080 }}/",
+                    "ProxyMode": "http",
+                },
+                publish_all_ports=True,
+            )
+            bad = await asyncio.to_thread(
+                run_container,
+                test_image,
+                labels={"ServiceName": "evil", "ProxyMode": "udp"},
+                publish_all_ports=True,
+            )
+            await asyncio.to_thread(good.reload)
+            published = {
+                key: int(bindings[0]["HostPort"])
+                for key, bindings in good.attrs["NetworkSettings"]["Ports"].items()
+            }
+            alive = await next_matching(
+                out,
+                lambda o: (s := by_id(o, good)) is not None and s.status is Status.ALIVE,
+                within=10,
+            )
+            service = by_id(alive, good)
+            assert service.name == "web"
+            assert service.hostname == "test-host"
+            assert service.proxy_mode == "http"
+            assert service.image == test_image
+            assert service.ports == (
+                Port(type="tcp", port=published["80/tcp"], service_port=8080, ip="127.0.0.1"),
+                Port(type="tcp", port=published["443/tcp"], service_port=8443, ip="127.0.0.1"),
+            )
+            assert host._observed[service.id].check.type is CheckType.HTTP_GET
+            assert host._observed[service.id].check.args == (
+                f"http://127.0.0.1:{published['80/tcp']}/"
+            )
+            rejected = (
+                next((r for r in alive.rejected if r.id == bad.id[:12]), None)
+                or (
+                    await next_matching(
+                        out, lambda o: any(r.id == bad.id[:12] for r in o.rejected), within=5
+                    )
+                ).rejected[0]
+            )
+            assert "label ProxyMode='udp' is not one of http, tcp, ws" in rejected.reason
+            assert by_id(alive, bad) is None
+
+            stopped_at = time.monotonic()
+            await asyncio.to_thread(good.stop, timeout=1)
+            returned = time.monotonic()
+            await next_matching(out, lambda o: by_id(o, good) is None, within=5)
+            gone = time.monotonic()
+            print(
+                f"gone {1000 * (gone - returned):.0f} ms after stop() returned "
+                f"({1000 * (gone - stopped_at):.0f} ms after it was called)"
+            )
+            assert gone - returned < 1.0
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_container_that_fails_its_check_is_unhealthy(docker_client, test_image, run_container):
+    async def scenario():
+        out: asyncio.Queue[HostObservation] = asyncio.Queue()
+        host = HostDiscovery(POLICY, docker=DockerDiscovery(), check_interval=0.5)
+        task = asyncio.create_task(host.run(out))
+        try:
+            sick = await asyncio.to_thread(
+                run_container,
+                test_image,
+                labels={
+                    "ServiceName": "sick",
+                    "ServicePort_80": "8080",
+                    "HealthCheck": "HttpGet",
+                    "HealthCheckArgs": "http://{{ host }}:{{ tcp 8080 }}/no-such-page",
+                },
+                publish_all_ports=True,
+            )
+            await next_matching(
+                out,
+                lambda o: (s := by_id(o, sick)) is not None and s.status is Status.UNHEALTHY,
+                within=10,
+            )
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
