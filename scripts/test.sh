@@ -68,7 +68,9 @@ start_dockerd() {
 	command -v dockerd >/dev/null || die "no engine answers and dockerd is not installed"
 	[ "$(id -u)" -eq 0 ] || die "no engine answers and starting dockerd needs root"
 	say "dockerd: starting (log: $DOCKERD_LOG)"
-	dockerd </dev/null >"$DOCKERD_LOG" 2>&1 &
+	# --live-restore: containers keep running while the Engine restarts, as on a production
+	# host; the Engine-restart test relies on it.
+	dockerd --live-restore </dev/null >"$DOCKERD_LOG" 2>&1 &
 	local pid=$!
 	echo "$pid" >"$DOCKERD_PIDFILE"
 	started_dockerd=1
