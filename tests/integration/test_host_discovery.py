@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import pytest
 
 from sidecar.adapters.docker import DockerDiscovery
 from sidecar.host import HostDiscovery, HostObservation
+from sidecar.state import discovery
 from sidecar.state.discovery import CheckType, DiscoveryPolicy
 from sidecar.state.model import Port, Status
 
@@ -134,6 +136,40 @@ def test_a_container_that_fails_its_check_is_unhealthy(docker_client, test_image
                 lambda o: (s := by_id(o, sick)) is not None and s.status is Status.UNHEALTHY,
                 within=10,
             )
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_opt_out_image_fallback_and_regex_namer_on_real_containers(
+    docker_client, test_image, run_container
+):
+    namer = discovery.regex_namer(r"^/sc-test-(.+)-named-[0-9]+$")
+
+    async def scenario():
+        out: asyncio.Queue[HostObservation] = asyncio.Queue()
+        policy = DiscoveryPolicy(hostname="test-host", advertise_ip="127.0.0.1", namer=namer)
+        host = HostDiscovery(policy, docker=DockerDiscovery(), check_interval=1.0)
+        task = asyncio.create_task(host.run(out))
+        try:
+            hidden = await asyncio.to_thread(
+                run_container, test_image, labels={"SidecarDiscover": "FALSE"}
+            )
+            unnamed = await asyncio.to_thread(run_container, test_image)
+            named = await asyncio.to_thread(
+                run_container, test_image, name=f"sc-test-{uuid.uuid4().hex[:6]}-named-1"
+            )
+            found = await next_matching(
+                out,
+                lambda o: by_id(o, unnamed) is not None and by_id(o, named) is not None,
+                within=10,
+            )
+            assert by_id(found, unnamed).name == test_image  # no match: the image name
+            assert by_id(found, named).name == named.name.split("-named-")[0][len("sc-test-") :]
+            assert by_id(found, hidden) is None
+            assert all(r.id != hidden.id[:12] for r in found.rejected)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
