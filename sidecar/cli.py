@@ -1,19 +1,27 @@
 """The `sidecar` command line.
 
-Today it has `simulate` (a whole cluster of sidecars running the pure core in virtual time)
-and `decode` (check a Go `state.json` or service document and print it back in Go's bytes).
-`sidecar run` (the daemon) and `sidecar plan` arrive with the adapters; asking for them says
-so instead of failing obscurely.
+Today it has `discover` (this host's discovery and health checks, live: what it would
+announce to the cluster), `simulate` (a whole cluster of sidecars running the pure core in
+virtual time) and `decode` (check a Go `state.json` or service document and print it back in
+Go's bytes). `sidecar run` (the daemon) and `sidecar plan` are not built yet; asking for them
+says so instead of failing obscurely.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
 import sys
 from collections.abc import Sequence
 
 from sidecar import __version__, simulate
-from sidecar.state import codec
+from sidecar.state import codec, discovery
+from sidecar.state.discovery import DiscoveryPolicy
 
 NOT_YET = {
     "run": "the daemon (Docker discovery, health checks, HAProxy, the HTTP API)",
@@ -43,6 +51,19 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--nodes", type=_node_count, default=5, help="hosts in the cluster (5)")
     sim.add_argument("--loss", type=_fraction, default=0.2, help="UDP packet loss, 0..1 (0.2)")
     sim.add_argument("--seed", type=int, default=1, help="random seed (1)")
+    disc = commands.add_parser(
+        "discover", help="discover and health-check this host's services, live (Ctrl-C stops)"
+    )
+    disc.add_argument("--hostname", default=socket.gethostname(), help="this node's name")
+    disc.add_argument(
+        "--advertise-ip", default="127.0.0.1", help="IP for published ports and checks"
+    )
+    disc.add_argument("--docker-url", default=None, help="Engine URL (default: DOCKER_HOST)")
+    disc.add_argument("--no-docker", action="store_true", help="no Docker discovery")
+    disc.add_argument("--static", metavar="FILE", help="a Go static.json to watch as well")
+    disc.add_argument("--namer", metavar="REGEX", help="name services by this regex's group 1")
+    disc.add_argument("--check-interval", type=float, default=3.0, help="seconds (3)")
+    disc.add_argument("--external-checks", action="store_true", help="allow External checks")
     decode = commands.add_parser(
         "decode", help="read a Go state.json or service JSON document, print it as Go would"
     )
@@ -55,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "discover":
+        return _discover(args)
     if args.command == "simulate":
         for line in simulate.run(args.nodes, loss=args.loss, seed=args.seed):
             print(line, flush=True)
@@ -85,3 +108,94 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
     return 1
+
+
+def _engine_answers(url: str | None) -> bool:
+    path = (url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock").removeprefix(
+        "unix://"
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def _discover(args: argparse.Namespace) -> int:
+    # Imported here: the adapters pull in aiohttp and the Docker SDK, which the other
+    # commands do not need.
+    from sidecar.adapters.docker import DockerDiscovery
+    from sidecar.adapters.static import StaticDiscovery
+    from sidecar.host import HostDiscovery, HostObservation
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        namer = discovery.regex_namer(args.namer) if args.namer else discovery.LabelNamer()
+    except discovery.NamerError as exc:
+        print(f"sidecar discover: {exc}", file=sys.stderr)
+        return 1
+    policy = DiscoveryPolicy(
+        hostname=args.hostname,
+        advertise_ip=args.advertise_ip,
+        namer=namer,
+        external_checks=args.external_checks,
+    )
+    docker = None
+    if not args.no_docker:
+        if _engine_answers(args.docker_url):
+            docker = DockerDiscovery(args.docker_url)
+        else:
+            print("sidecar discover: no Docker Engine answers; Docker discovery is off")
+    static = StaticDiscovery(args.static, policy) if args.static else None
+    if docker is None and static is None:
+        print("sidecar discover: nothing to discover (no Engine and no --static file)")
+        return 1
+    host = HostDiscovery(policy, docker=docker, static=static, check_interval=args.check_interval)
+
+    async def main() -> None:
+        out: asyncio.Queue[HostObservation] = asyncio.Queue()
+        task = asyncio.create_task(host.run(out))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        print(
+            f"sidecar discover: {policy.hostname}, advertising {policy.advertise_ip}; Ctrl-C stops"
+        )
+        try:
+            while not stop.is_set():
+                getter = asyncio.ensure_future(out.get())
+                stopper = asyncio.ensure_future(stop.wait())
+                done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if getter not in done:
+                    getter.cancel()
+                    break
+                _print_observation(getter.result())
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+    return 0
+
+
+def _print_observation(observation: object) -> None:
+    from sidecar.host import HostObservation
+
+    assert isinstance(observation, HostObservation)
+    print(f"-- {len(observation.services)} services, {len(observation.rejected)} rejected")
+    for service in observation.services:
+        ports = ", ".join(
+            f"{p.ip}:{p.port}" + (f" as :{p.service_port}" if p.service_port else "")
+            for p in service.ports or ()
+        )
+        print(f"   {service.id}  {service.name:<30} {service.status.label():<9} {ports}")
+    for rejected in observation.rejected:
+        print(f"   {rejected.id}  {rejected.name:<30} REJECTED  {rejected.reason}")
+    sys.stdout.flush()
