@@ -175,3 +175,76 @@ def test_opt_out_image_fallback_and_regex_namer_on_real_containers(
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+SEED_LABELS = {  # ../shared/seed/docker-README.md, "Testing", run with -P
+    "HealthCheck": "HttpGet",
+    "ServicePort_80": "8080",
+    "ServicePort_443": "8443",
+    "HealthCheckArgs": "http://{{ host }}:{{ tcp 8080 }}/",
+}
+
+
+def test_the_seed_example_and_bad_labels_side_by_side(docker_client, test_image, run_container):
+    bad_labels = {
+        "port": ({"ServicePort_80": "eighty"}, "label ServicePort_80='eighty' is not a port"),
+        "mode": ({"ProxyMode": "https"}, "label ProxyMode='https' is not one of"),
+        "name": ({"ServiceName": "web\nlisten evil"}, "contains a control character"),
+        "template": (
+            {"HealthCheck": "HttpGet", "HealthCheckArgs": "{{ .Name }}"},
+            "is not one of {{ host }}",
+        ),
+        "external": (
+            {"HealthCheck": "External", "HealthCheckArgs": "/bin/true"},
+            "external checks disabled",
+        ),
+    }
+
+    async def scenario():
+        out: asyncio.Queue[HostObservation] = asyncio.Queue()
+        host = HostDiscovery(POLICY, docker=DockerDiscovery(), check_interval=1.0)
+        task = asyncio.create_task(host.run(out))
+        try:
+            seed = await asyncio.to_thread(
+                run_container, test_image, labels=SEED_LABELS, publish_all_ports=True
+            )
+            bad = {
+                key: await asyncio.to_thread(
+                    run_container, test_image, labels=labels, publish_all_ports=True
+                )
+                for key, (labels, _) in bad_labels.items()
+            }
+            published = {
+                key: int(bindings[0]["HostPort"])
+                for key, bindings in seed.attrs["NetworkSettings"]["Ports"].items()
+            }
+            found = await next_matching(
+                out,
+                lambda o: (
+                    (s := by_id(o, seed)) is not None
+                    and s.status is Status.ALIVE
+                    and len(o.rejected) == len(bad)
+                ),
+                within=10,
+            )
+            service = by_id(found, seed)
+            # What the Go Sidecar produces for it, minus its duplicate "::" ports.
+            assert service.name == test_image
+            assert service.image == test_image
+            assert service.proxy_mode == "http"
+            assert service.ports == (
+                Port(type="tcp", port=published["80/tcp"], service_port=8080, ip="127.0.0.1"),
+                Port(type="tcp", port=published["443/tcp"], service_port=8443, ip="127.0.0.1"),
+            )
+            assert host._observed[service.id].check.args == (
+                f"http://127.0.0.1:{published['80/tcp']}/"
+            )
+            reasons = {r.id: r.reason for r in found.rejected}
+            for key, (_, reason) in bad_labels.items():
+                assert reason in reasons[bad[key].id[:12]], (key, reasons)
+                assert by_id(found, bad[key]) is None
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
