@@ -71,6 +71,7 @@ class HostDiscovery:
         self._listing: tuple[ContainerFacts, ...] = ()
         self._unreachable_since: int | None = None
         self._static_observed: tuple[Observed, ...] = ()
+        self._static_rejected: tuple[Rejected, ...] = ()
         self._health: dict[str, Health] = {}
         self._observed: dict[str, Observed] = {}
         self._logged_rejections: set[tuple[str, str]] = set()
@@ -130,6 +131,7 @@ class HostDiscovery:
             self._unreachable_since = item.since
         elif isinstance(item, StaticSnapshot):
             self._static_observed = item.observed
+            self._static_rejected = item.rejected
         elif isinstance(item, tuple) and item and item[0] == "check":
             service_id, outcome, _ = item[1]
             observed = self._observed.get(service_id)
@@ -147,7 +149,7 @@ class HostDiscovery:
             self._listing, unreachable_since=self._unreachable_since, now=now, grace=self._grace
         )
         observed: dict[str, Observed] = {o.service.id: o for o in self._static_observed}
-        rejected: list[Rejected] = []
+        rejected: list[Rejected] = list(self._static_rejected)
         for facts in containers:
             result = discovery.observe_container(facts, self._policy)
             if isinstance(result, Observed):

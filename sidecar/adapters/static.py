@@ -15,12 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from sidecar.state.discovery import DiscoveryPolicy, Observed, Rejected
 from sidecar.state.static_config import StaticConfigError, keep_created, parse_static
-
-if TYPE_CHECKING:
-    from sidecar.state.discovery import DiscoveryPolicy, Observed
 
 log = logging.getLogger("sidecar.static")
 
@@ -33,9 +30,11 @@ _Signature = tuple[int, int, int, int]
 
 @dataclass(frozen=True, slots=True)
 class StaticSnapshot:
-    """Every service the static file describes, as of one successful read."""
+    """Every service the static file describes, as of one successful read, and the targets
+    it cannot serve (with the reason)."""
 
     observed: tuple[Observed, ...]
+    rejected: tuple[Rejected, ...] = ()
 
 
 def _stat(path: Path) -> _Signature | None:
@@ -66,6 +65,7 @@ class StaticDiscovery:
         self._content: bytes | None = None
         self._last_error: str | None = None
         self._observed: tuple[Observed, ...] = ()
+        self._logged_rejections: set[tuple[str, str]] = set()
 
     async def run(self, out: asyncio.Queue[StaticSnapshot]) -> None:
         """Return never: push the file's services at start and after every change.
@@ -115,13 +115,19 @@ class StaticDiscovery:
             return False
         self._content = content
         try:
-            observed = parse_static(content, self.policy, now=self.clock(), source=str(self.path))
+            parsed = parse_static(content, self.policy, now=self.clock(), source=str(self.path))
         except StaticConfigError as exc:
             self._report(f"{exc}; keeping the last good static services")
             return False
         except Exception:  # a bug in parsing must not end static discovery for good
             log.exception("parsing %s failed; keeping the last good static services", self.path)
             return False
+        rejected = tuple(item for item in parsed if isinstance(item, Rejected))
+        observed = tuple(item for item in parsed if isinstance(item, Observed))
+        for refused in rejected:
+            if (refused.id, refused.reason) not in self._logged_rejections:
+                self._logged_rejections.add((refused.id, refused.reason))
+                log.warning("%s: not serving %r: %s", self.path, refused.name, refused.reason)
         known = {item.service.id for item in self._observed}
         self._observed = keep_created(observed, self._observed)
         if self._last_error is not None:
@@ -130,7 +136,7 @@ class StaticDiscovery:
         for item in self._observed:
             if item.service.id not in known:
                 log.info("Discovered service: %s, ID: %s", item.service.name, item.service.id)
-        await out.put(StaticSnapshot(self._observed))
+        await out.put(StaticSnapshot(self._observed, rejected))
         return True
 
     def _report(self, message: str, level: int = logging.ERROR) -> None:

@@ -18,7 +18,10 @@ Where we differ from Go, on purpose:
   spec §12 item 5).
 - A check type `Docker` (ours, for containers) means nothing for a static target, so it is
   treated like any other unknown type: as HttpGet (Go's rule).
-- `External` checks are refused unless the policy enables them.
+- A target whose check cannot run here (`External` while the policy disables it, a refused
+  `Args` template) is a `Rejected` with the reason, and the other targets are served, as a
+  container with a bad label is. Only a file that is not valid JSON or has a wrong shape is
+  refused whole (the last good services are then kept by the adapter).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from sidecar.state.discovery import (
     CheckType,
     DiscoveryPolicy,
     Observed,
+    Rejected,
     TemplateRejected,
     render_check_args,
 )
@@ -176,19 +180,23 @@ def _check(
     if type_name in _STATIC_CHECK_TYPES:
         check_type = CheckType(type_name)
     if check_type is CheckType.EXTERNAL and not policy.external_checks:
-        raise StaticConfigError(
-            f"{where}.Type: External checks are disabled in this node's configuration",
-            source=source,
+        raise _TargetRefused(
+            f"{where}.Type: external checks disabled: External runs a command, which this "
+            "node's configuration does not allow"
         )
     try:
         args = render_check_args(args, service, host=policy.advertise_ip)
     except TemplateRejected as exc:
-        raise StaticConfigError(f"{where}.Args: {exc}", source=source) from None
+        raise _TargetRefused(f"{where}.Args: {exc}") from None
     if check_type is CheckType.HTTP_GET and args.startswith(("http://:", "https://:")):
         # Go dials an empty host as this host (`http://:10234/` in Go's own fixture).
         scheme, rest = args.split("://", 1)
         args = f"{scheme}://{policy.advertise_ip}{rest}"
     return CheckSpec(check_type, args, rise=policy.rise, fall=policy.fall)
+
+
+class _TargetRefused(Exception):
+    """Internal: one target cannot be served; the message is the reason."""
 
 
 def _listen_port(value: object, where: str, source: str) -> int:
@@ -222,8 +230,9 @@ def static_id(content_key: str, occurrence: int) -> str:
 
 def parse_static(
     text: str | bytes, policy: DiscoveryPolicy, *, now: int, source: str = "static.json"
-) -> tuple[Observed, ...]:
-    """Return the observations a Go `static.json` document describes, in file order.
+) -> tuple[Observed | Rejected, ...]:
+    """Return the observations (or rejections) a Go `static.json` document describes, in
+    file order.
 
     Pure. Each service gets a content-derived stable `ID`, `Created = now`, `Updated` 0 (the
     core stamps own records), status UNKNOWN (health decides), the file's `Hostname` or else
@@ -232,8 +241,9 @@ def parse_static(
     check. `ListenPort > 0` subscribes `http://<policy.hostname>:<ListenPort>/sidecar/update`.
     A top-level `null` is an empty file, as in Go.
 
+    A target whose check cannot run here is a `Rejected` naming the target and the reason.
     Raises StaticConfigError naming `source` and the line and column for invalid JSON, or
-    the target index and field for a wrong shape; the file is used whole or not at all.
+    the target index and field for a wrong shape: such a file is not used at all.
     """
     document = _load(text, source)
     if document is None:
@@ -242,7 +252,7 @@ def parse_static(
         raise StaticConfigError(
             f"expected a JSON array of targets, got {_describe(document)}", source=source
         )
-    observed: list[Observed] = []
+    observed: list[Observed | Rejected] = []
     used_ids: set[str] = set()
     occurrences: dict[str, int] = {}
     for index, target in enumerate(document):
@@ -281,7 +291,11 @@ def parse_static(
             proxy_mode=given.proxy_mode or DEFAULT_PROXY_MODE,
             status=Status.UNKNOWN,
         )
-        check = _check(fields.get("Check", {}), service, policy, f"{where}.Check", source)
+        try:
+            check = _check(fields.get("Check", {}), service, policy, f"{where}.Check", source)
+        except _TargetRefused as refused:
+            observed.append(Rejected(service.id, service.name, str(refused)))
+            continue
         listen_port = _listen_port(fields.get("ListenPort", 0), f"{where}.ListenPort", source)
         listener = None
         if listen_port > 0:

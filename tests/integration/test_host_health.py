@@ -87,3 +87,36 @@ def test_a_flapping_endpoint_changes_status_only_after_rise_and_fall_results(tmp
     assert [status for _, status in seen] == [status for _, status in EXPECTED], seen
     for (answered, _), (expected, _) in zip(seen, EXPECTED, strict=True):
         assert expected <= answered <= expected + SLACK, seen
+
+
+def test_a_static_target_with_a_disabled_check_is_rejected_and_the_rest_served(tmp_path):
+    static = tmp_path / "static.json"
+    static.write_text(
+        json.dumps(
+            [
+                {"Service": {"Name": "ok"}, "Check": {"Type": "AlwaysSuccessful"}},
+                {"Service": {"Name": "cmd"}, "Check": {"Type": "External", "Args": "/bin/true"}},
+            ]
+        )
+    )
+    policy = DiscoveryPolicy(hostname="vm", advertise_ip="127.0.0.1")
+
+    async def scenario() -> HostObservation:
+        out: asyncio.Queue[HostObservation] = asyncio.Queue()
+        host = HostDiscovery(policy, static=StaticDiscovery(static, policy, poll_interval=0.05))
+        task = asyncio.create_task(host.run(out))
+        try:
+            async with asyncio.timeout(5):
+                while True:
+                    observation = await out.get()
+                    if observation.services and observation.services[0].status is Status.ALIVE:
+                        return observation
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    observation = asyncio.run(scenario())
+    assert [s.name for s in observation.services] == ["ok"]
+    assert [(r.name, "external checks disabled" in r.reason) for r in observation.rejected] == [
+        ("cmd", True)
+    ]

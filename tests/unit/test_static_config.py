@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.state.discovery import CheckSpec, CheckType, DiscoveryPolicy, Observed
+from sidecar.state.discovery import CheckSpec, CheckType, DiscoveryPolicy, Observed, Rejected
 from sidecar.state.model import Port, Service, Status
 from sidecar.state.static_config import (
     StaticConfigError,
@@ -242,9 +242,18 @@ def test_check_types(given_type: str, expected: CheckType):
 
 
 def test_external_check_only_when_enabled():
+    text = json.dumps(
+        [
+            {"Service": {"Name": "ext"}, "Check": {"Type": "External", "Args": "/bin/true"}},
+            {"Service": {"Name": "fine"}},
+        ]
+    )
+    refused, fine = parse_static(text, POLICY, now=NOW)
+    assert isinstance(refused, Rejected)
+    assert refused.name == "ext"
+    assert "target 0.Check.Type: external checks disabled" in refused.reason
+    assert isinstance(fine, Observed)  # the other target is served
     text = json.dumps([{"Check": {"Type": "External", "Args": "/bin/true"}}])
-    with pytest.raises(StaticConfigError, match=r"target 0\.Check\.Type: External"):
-        parse_static(text, POLICY, now=NOW)
     enabled = DiscoveryPolicy(hostname="vm", advertise_ip="10.1.1.1", external_checks=True)
     check = only(parse_static(text, enabled, now=NOW)).check
     assert check == CheckSpec(CheckType.EXTERNAL, "/bin/true", rise=1, fall=2)
@@ -347,8 +356,10 @@ def assert_parses_or_refuses(text: str | bytes) -> None:
         assert refusal.startswith("static.json")
         return
     assert isinstance(observed, tuple)
-    assert all(isinstance(o, Observed) and HEX12.fullmatch(o.service.id) for o in observed)
-    assert len({o.service.id for o in observed}) == len(observed)
+    ids = [o.service.id if isinstance(o, Observed) else o.id for o in observed]
+    assert all(isinstance(o, Observed | Rejected) for o in observed)
+    assert all(HEX12.fullmatch(i) for i in ids)
+    assert len(set(ids)) == len(ids)
 
 
 @given(st.text() | st.binary())
@@ -367,5 +378,7 @@ def test_check_args_are_templated_and_a_refused_template_names_the_target():
     check = only(parse_static(json.dumps(doc), POLICY, now=NOW)).check
     assert check.args == "http://192.168.1.10:10234/status"
     doc[0]["Check"]["Args"] = "{{ .ID }}"
-    with pytest.raises(StaticConfigError, match=r"target 0.*Args.*is not one of"):
-        parse_static(json.dumps(doc), POLICY, now=NOW)
+    (refused,) = parse_static(json.dumps(doc), POLICY, now=NOW)
+    assert isinstance(refused, Rejected)
+    assert "target 0.Check.Args" in refused.reason
+    assert "is not one of" in refused.reason
