@@ -248,3 +248,39 @@ def test_the_seed_example_and_bad_labels_side_by_side(docker_client, test_image,
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def test_docker_healthcheck_is_the_check_without_a_label(docker_client, test_image, run_container):
+    async def scenario():
+        out: asyncio.Queue[HostObservation] = asyncio.Queue()
+        host = HostDiscovery(POLICY, docker=DockerDiscovery(), check_interval=5.0)
+        task = asyncio.create_task(host.run(out))
+        try:
+            healthy = await asyncio.to_thread(
+                run_container,
+                test_image,
+                labels={"ServiceName": "dhc"},
+                healthcheck={"test": ["CMD", "true"], "interval": 300_000_000, "retries": 1},
+            )
+            sick = await asyncio.to_thread(
+                run_container,
+                test_image,
+                labels={"ServiceName": "dhc-sick"},
+                healthcheck={"test": ["CMD", "false"], "interval": 300_000_000, "retries": 1},
+            )
+            found = await next_matching(
+                out,
+                lambda o: (
+                    (a := by_id(o, healthy)) is not None
+                    and a.status is Status.ALIVE
+                    and (b := by_id(o, sick)) is not None
+                    and b.status is Status.UNHEALTHY
+                ),
+                within=15,
+            )
+            assert host._observed[by_id(found, healthy).id].check.type is CheckType.DOCKER
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())

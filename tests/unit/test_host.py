@@ -1,0 +1,61 @@
+"""HostDiscovery's folding, with a scripted Docker source: the Engine-outage grace."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sidecar.host import HostDiscovery, HostObservation
+from sidecar.state.discovery import (
+    ContainerFacts,
+    ContainerListing,
+    DiscoveryPolicy,
+    EngineUnreachable,
+)
+
+POLICY = DiscoveryPolicy(hostname="vm", advertise_ip="127.0.0.1")
+FACTS = ContainerFacts(
+    id="abcdef123456" + "0" * 52,
+    name="/web",
+    image="web:1",
+    created=0,
+    labels={"ServiceName": "web", "HealthCheck": "AlwaysSuccessful"},
+)
+
+
+class ScriptedDocker:
+    """Stands in for DockerDiscovery: a listing, then the Engine goes away for good."""
+
+    async def run(self, out: asyncio.Queue) -> None:
+        await out.put(ContainerListing((FACTS,), at=time.time_ns()))
+        await asyncio.sleep(0.2)
+        await out.put(EngineUnreachable(since=time.time_ns()))
+        await asyncio.Event().wait()
+
+
+def test_services_survive_a_short_outage_and_go_once_the_grace_is_over():
+    grace = 0.5
+
+    async def scenario() -> list[tuple[float, int]]:
+        out: asyncio.Queue[HostObservation] = asyncio.Queue()
+        host = HostDiscovery(POLICY, docker=ScriptedDocker(), grace=int(grace * 1e9))
+        task = asyncio.create_task(host.run(out))
+        began = time.monotonic()
+        seen: list[tuple[float, int]] = []
+        try:
+            async with asyncio.timeout(5):
+                while not seen or seen[-1][1] != 0 or len(seen) < 3:
+                    observation = await out.get()
+                    seen.append((time.monotonic() - began, len(observation.services)))
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return seen
+
+    seen = asyncio.run(scenario())
+    counts = [count for _, count in seen]
+    assert counts[0] == 0  # before the first listing
+    assert 1 in counts  # served while the Engine answered, and through the outage
+    gone_at = next(at for at, count in seen if count == 0 and at > 0.1)
+    # The Engine went away at ~0.2 s; the services go at ~0.2 + grace, not before.
+    assert 0.2 + grace - 0.05 <= gone_at <= 0.2 + grace + 1.0, seen
