@@ -284,3 +284,41 @@ def test_docker_healthcheck_is_the_check_without_a_label(docker_client, test_ima
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def test_a_burst_of_starts_and_removals_is_followed(docker_client, test_image, run_container):
+    count = 8
+    run = uuid.uuid4().hex[:8]
+
+    async def scenario():
+        out: asyncio.Queue[HostObservation] = asyncio.Queue()
+        host = HostDiscovery(POLICY, docker=DockerDiscovery(), check_interval=5.0)
+        task = asyncio.create_task(host.run(out))
+        try:
+            containers = await asyncio.gather(
+                *(
+                    asyncio.to_thread(
+                        run_container,
+                        test_image,
+                        labels={"ServiceName": f"burst-{i}", "HealthCheck": "AlwaysSuccessful"},
+                        name=f"sc-test-burst-{run}-{i}",  # the factory's names are sequential
+                    )
+                    for i in range(count)
+                )
+            )
+            ids = {c.id[:12] for c in containers}
+            await next_matching(
+                out,
+                lambda o: ids <= {s.id for s in o.services if s.status is Status.ALIVE},
+                within=10,
+            )
+            removed = time.monotonic()
+            await asyncio.gather(*(asyncio.to_thread(c.remove, force=True) for c in containers))
+            await next_matching(out, lambda o: not ids & {s.id for s in o.services}, within=10)
+            took = 1000 * (time.monotonic() - removed)
+            print(f"all {count} gone {took:.0f} ms after the removals began")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
