@@ -1,0 +1,172 @@
+"""The desired HAProxy config: Go's naming, deterministic bytes, no injection."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.reconcile import desired
+from sidecar.reconcile.desired import HaproxySettings
+from sidecar.state import merge, times, views
+from sidecar.state.model import ClusterState, Port, Service, Status
+
+T0 = 1_700_000_000 * times.NANOS_PER_SECOND
+SETTINGS = HaproxySettings(bind_ip="192.168.168.168")
+
+
+def record(
+    host="indomitable",
+    sid="deadbeef123",
+    *,
+    name="awesome-svc",
+    ip="127.0.0.1",
+    port=10450,
+    service_port=8080,
+    mode="http",
+    created=T0,
+):
+    return Service(
+        id=sid,
+        name=name,
+        image=f"{name}:1.0",
+        created=created,
+        hostname=host,
+        ports=(Port(type="tcp", port=port, service_port=service_port, ip=ip),),
+        updated=T0,
+        proxy_mode=mode,
+        status=Status.ALIVE,
+    )
+
+
+def render(*records, settings=SETTINGS):
+    state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
+    return desired.desired(views.routing_table(state), settings)
+
+
+def service_block(config: str) -> str:
+    return config[config.index("# ----------- ") :]
+
+
+def test_the_go_example_renders_with_go_names():
+    result = render(record(), record("indefatigable", "deadbeef101", ip="127.0.0.3", port=32763))
+    assert service_block(result.config) == (
+        "# ----------- awesome-svc port 8080 --------------\n"
+        "frontend awesome-svc-8080\n"
+        "\tmode http\n"
+        "\tbind 192.168.168.168:8080\n"
+        "\tdefault_backend awesome-svc-8080\n"
+        "\n"
+        "backend awesome-svc-8080\n"
+        "\tmode http\n"
+        "\tserver indefatigable-deadbeef101 127.0.0.3:32763 cookie indefatigable-32763\n"
+        "\tserver indomitable-deadbeef123 127.0.0.1:10450 cookie indomitable-10450\n"
+    )
+    assert [f.name for f in result.frontends] == ["awesome-svc-8080"]
+    assert result.backends[0].servers[0].name == "indefatigable-deadbeef101"
+    assert result.bind_ips == ("192.168.168.168",)
+
+
+def test_the_admin_socket_is_not_world_writable():
+    config = render(record()).config
+    assert "stats   socket /var/run/haproxy_stats.sock mode 600 level admin" in config
+    assert "mode 666" not in config
+
+
+@pytest.mark.parametrize(
+    ("name", "sanitized"),
+    [("public/something-longish:latest", "public-something-longish-latest"), ("MySvc", "-y-vc")],
+)
+def test_names_are_sanitized_as_go_does_and_the_comment_keeps_the_raw_name(name, sanitized):
+    config = render(record(name=name)).config
+    assert f"frontend {sanitized}-8080\n" in config
+    assert f"# ----------- {name} port 8080" in config
+
+
+def test_ws_is_served_as_http_and_tcp_as_tcp():
+    config = render(
+        record(name="a", mode="ws"), record("h2", "b1", name="b", mode="tcp", service_port=9000)
+    ).config
+    assert "frontend a-8080\n\tmode http\n" in config
+    assert "frontend b-9000\n\tmode tcp\n" in config
+
+
+def test_use_hostnames_and_ipv6_endpoints():
+    with_hostnames = HaproxySettings(bind_ip="10.0.0.1", use_hostnames=True)
+    assert (
+        "server indomitable-deadbeef123 indomitable:10450"
+        in render(record(), settings=with_hostnames).config
+    )
+    assert "server indomitable-deadbeef123 [fd00::2]:10450" in render(record(ip="fd00::2")).config
+
+
+def test_user_and_group_lines_only_when_set():
+    config = render(record(), settings=HaproxySettings(user="haproxy", group="haproxy")).config
+    assert "\tuser haproxy\n\tgroup haproxy\n" in config
+    assert "\tuser" not in render(record()).config
+
+
+def test_binding_on_all_interfaces_needs_no_address():
+    assert render(record(), settings=HaproxySettings(bind_ip="0.0.0.0")).bind_ips == ()
+
+
+def test_the_same_state_gives_the_same_bytes_whatever_the_order():
+    records = [
+        record(),
+        record("h2", "aa11", port=1),
+        record("h3", "bb22", name="api", service_port=9000),
+        record("h4", "cc33", name="db", service_port=5432, mode="tcp"),
+    ]
+    configs = {render(*p).config for p in itertools.permutations(records)}
+    assert len(configs) == 1
+
+
+def test_a_user_template_gets_the_same_values():
+    template = "{% for f in frontends %}{{ f.name }} {{ f.bind_ip }}:{{ f.port }}\n{% endfor %}"
+    settings = HaproxySettings(bind_ip="127.0.0.9", template=template)
+    assert render(record(), settings=settings).config == "awesome-svc-8080 127.0.0.9:8080\n"
+
+
+@pytest.mark.parametrize("template", ["{% for x in %}", "{{ no_such_value }}"])
+def test_a_broken_user_template_is_an_error_naming_it(template):
+    settings = HaproxySettings(template=template, template_name="/etc/sidecar/my.cfg.j2")
+    with pytest.raises(desired.TemplateError, match=re.escape("/etc/sidecar/my.cfg.j2")):
+        render(record(), settings=settings)
+
+
+# ---------------------------------------------------------------------- injection
+
+
+def skeleton(config: str) -> list[str]:
+    """Return each directive's first word, comments and blank lines left out."""
+    return [
+        line.split()[0]
+        for line in config.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+CLEAN = skeleton(render(record()).config)
+EMPTY = skeleton(render().config)
+FIELDS = ["id", "name", "hostname", "proxy_mode", "image"]
+PORT_FIELDS = ["ip", "type"]
+
+
+@given(st.sampled_from(FIELDS + PORT_FIELDS), st.text(max_size=40))
+def test_no_string_in_any_field_adds_a_directive(field, value):
+    base = record()
+    if field in PORT_FIELDS:
+        port = base.ports[0]
+        changed = Service(**{**dict(base), "ports": (Port(**{**dict(port), field: value}),)})
+    else:
+        changed = Service(**{**dict(base), field: value})
+    result = render(changed)
+    assert skeleton(result.config) in (CLEAN, EMPTY)
+    for line in result.config.splitlines():
+        assert "\r" not in line
+    if skeleton(result.config) == EMPTY:
+        state = merge.merge_record(ClusterState(hostname="me"), changed, now=T0).state
+        assert views.routing_table(state).excluded  # left out, and reported
