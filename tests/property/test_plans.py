@@ -1,0 +1,90 @@
+"""Plan laws: applying a plan yields what was desired, and planning again yields nothing."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.reconcile import desired, plans
+from sidecar.reconcile.desired import HaproxySettings
+from sidecar.reconcile.plans import Actual
+from sidecar.state import merge, times, views
+from sidecar.state.model import ClusterState, Port, Service, Status
+
+T0 = 1_700_000_000 * times.NANOS_PER_SECOND
+SETTINGS = HaproxySettings(bind_ip="127.0.0.77")
+
+records = st.lists(
+    st.builds(
+        lambda host, sid, name, port, service_port, status: Service(
+            id=sid,
+            name=name,
+            image="i:1",
+            created=T0,
+            hostname=host,
+            ports=(Port(type="tcp", port=port, service_port=service_port, ip="10.0.0.1"),),
+            updated=T0,
+            proxy_mode="http",
+            status=status,
+        ),
+        host=st.sampled_from(["h1", "h2", "h3"]),
+        sid=st.sampled_from(["a1", "b2", "c3"]),
+        name=st.sampled_from(["web", "api"]),
+        port=st.sampled_from([30001, 30002]),
+        service_port=st.sampled_from([8080, 9000]),
+        status=st.sampled_from([Status.ALIVE, Status.ALIVE, Status.UNHEALTHY]),
+    ),
+    max_size=6,
+)
+
+
+def desired_of(found: list[Service]) -> desired.Desired:
+    state = merge.merge_records(ClusterState(hostname="me"), found, now=T0).state
+    return desired.desired(views.routing_table(state), SETTINGS)
+
+
+@st.composite
+def actuals(draw):
+    """What a host may have: nothing, or HAProxy run from some config, its runtime servers
+    since changed a little (a server gone, one moved), maybe not running any more."""
+    if draw(st.booleans()):
+        return Actual()
+    actual = plans.apply(Actual(), plans.plan(desired_of(draw(records)), Actual()))
+    servers = {b: dict(s) for b, s in actual.servers.items()}
+    for backend in servers:
+        for name in list(servers[backend]):
+            change = draw(st.sampled_from(["keep", "keep", "drop", "move"]))
+            if change == "drop":
+                del servers[backend][name]
+            elif change == "move":
+                servers[backend][name] = ("10.9.9.9", 1)
+    return Actual(
+        config=actual.config,
+        running=draw(st.booleans()),
+        servers=servers,
+        bound_ips=actual.bound_ips if draw(st.booleans()) else frozenset(),
+    )
+
+
+@given(records, actuals())
+def test_applying_a_plan_yields_what_was_desired_and_then_nothing_is_pending(found, actual):
+    want = desired_of(found)
+    after = plans.apply(actual, plans.plan(want, actual))
+    assert after.config == want.config
+    assert after.running
+    assert set(want.bind_ips) <= after.bound_ips
+    wanted = plans.servers_in(want.config)
+    assert {b: dict(after.servers.get(b, {})) for b in wanted} == wanted
+    assert plans.plan(want, after) == ()
+
+
+@given(records, records)
+def test_a_server_only_change_never_reloads(before, now):
+    old, new = desired_of(before), desired_of(now)
+    actual = plans.apply(Actual(), plans.plan(old, Actual()))
+    kinds = [a.kind for a in plans.plan(new, actual)]
+    if plans.without_servers(old.config) == plans.without_servers(new.config):
+        assert "reload" not in kinds
+        assert "start" not in kinds
+    else:
+        assert kinds.count("reload") == 1

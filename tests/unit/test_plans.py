@@ -1,0 +1,81 @@
+"""Plans by example: what each kind of change costs the running HAProxy."""
+
+from __future__ import annotations
+
+from sidecar.reconcile import desired, plans
+from sidecar.reconcile.desired import HaproxySettings
+from sidecar.reconcile.plans import Actual
+from sidecar.state import merge, times, views
+from sidecar.state.model import ClusterState, Port, Service, Status
+
+T0 = 1_700_000_000 * times.NANOS_PER_SECOND
+SETTINGS = HaproxySettings(bind_ip="127.0.0.77")
+
+
+def svc(host, sid, port=30001, service_port=8080, ip="10.0.0.1"):
+    return Service(
+        id=sid,
+        name="web",
+        image="web:1",
+        created=T0,
+        hostname=host,
+        ports=(Port(type="tcp", port=port, service_port=service_port, ip=ip),),
+        updated=T0,
+        proxy_mode="http",
+        status=Status.ALIVE,
+    )
+
+
+def want(*records):
+    state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
+    return desired.desired(views.routing_table(state), SETTINGS)
+
+
+def running(*records):
+    return plans.apply(Actual(), plans.plan(want(*records), Actual()))
+
+
+def kinds(actions):
+    return [(a.kind, a.server) for a in actions]
+
+
+def test_nothing_running_binds_writes_and_starts():
+    actions = plans.plan(want(svc("h1", "a1")), Actual())
+    assert [a.kind for a in actions] == ["bind", "write", "start"]
+    assert actions[0].address == "127.0.0.77"
+    assert "not on the interface" in actions[0].reason
+
+
+def test_converged_means_an_empty_plan():
+    assert plans.plan(want(svc("h1", "a1")), running(svc("h1", "a1"))) == ()
+
+
+def test_a_new_instance_is_a_runtime_add_and_a_file_rewrite_without_reload():
+    actions = plans.plan(want(svc("h1", "a1"), svc("h2", "b2")), running(svc("h1", "a1")))
+    assert kinds(actions) == [("add-server", "h2-b2"), ("write", "")]
+    assert actions[0].backend == "web-8080"
+    assert (actions[0].address, actions[0].port) == ("10.0.0.1", 30001)
+    assert "no reload" in actions[1].reason
+
+
+def test_a_removed_instance_is_a_runtime_delete():
+    actions = plans.plan(want(svc("h1", "a1")), running(svc("h1", "a1"), svc("h2", "b2")))
+    assert kinds(actions) == [("del-server", "h2-b2"), ("write", "")]
+
+
+def test_a_moved_instance_is_a_runtime_address_change():
+    actions = plans.plan(want(svc("h1", "a1", port=30009)), running(svc("h1", "a1")))
+    assert kinds(actions) == [("set-server-addr", "h1-a1"), ("write", "")]
+    assert "from 10.0.0.1:30001 to 10.0.0.1:30009" in actions[0].reason
+
+
+def test_a_new_service_port_is_one_reload():
+    actions = plans.plan(
+        want(svc("h1", "a1"), svc("h2", "b2", service_port=9000)), running(svc("h1", "a1"))
+    )
+    assert [a.kind for a in actions] == ["write", "reload"]
+
+
+def test_servers_in_reads_backends_and_ipv6():
+    config = "backend web-8080\n\tserver h1-a1 [fd00::1]:80 cookie x\nfrontend f\n\tserver no 1:1\n"
+    assert plans.servers_in(config) == {"web-8080": {"h1-a1": ("[fd00::1]", 80)}}
