@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from sidecar.adapters.docker import DockerDiscovery
 from sidecar.adapters.static import StaticDiscovery, StaticSnapshot
 from sidecar.state import discovery
 from sidecar.state.discovery import (
+    CheckSpec,
     ContainerFacts,
     ContainerListing,
     DiscoveryPolicy,
@@ -76,6 +77,22 @@ class HostDiscovery:
         self._observed: dict[str, Observed] = {}
         self._logged_rejections: set[tuple[str, str]] = set()
         self._last: tuple[tuple[Service, ...], tuple[Rejected, ...]] | None = None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[asyncio.Queue[HostObservation]]:
+        """Yield the queue of observations while `run` feeds it; stop it on exit."""
+        out: asyncio.Queue[HostObservation] = asyncio.Queue()
+        task = asyncio.create_task(self.run(out))
+        try:
+            yield out
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def check_for(self, service_id: str) -> CheckSpec | None:
+        """Return the check the service with this ID gets, or None if it is not served."""
+        observed = self._observed.get(service_id)
+        return None if observed is None else observed.check
 
     async def run(self, out: asyncio.Queue[HostObservation]) -> None:
         """Return never; feed `out` until cancelled."""

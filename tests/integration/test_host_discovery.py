@@ -40,10 +40,8 @@ def test_labelled_containers_are_served_checked_rejected_and_dropped(
     docker_client, test_image, run_container
 ):
     async def scenario():
-        out: asyncio.Queue[HostObservation] = asyncio.Queue()
         host = HostDiscovery(POLICY, docker=DockerDiscovery(), check_interval=1.0)
-        task = asyncio.create_task(host.run(out))
-        try:
+        async with host.running() as out:
             good = await asyncio.to_thread(
                 run_container,
                 test_image,
@@ -82,10 +80,8 @@ def test_labelled_containers_are_served_checked_rejected_and_dropped(
                 Port(type="tcp", port=published["80/tcp"], service_port=8080, ip="127.0.0.1"),
                 Port(type="tcp", port=published["443/tcp"], service_port=8443, ip="127.0.0.1"),
             )
-            assert host._observed[service.id].check.type is CheckType.HTTP_GET
-            assert host._observed[service.id].check.args == (
-                f"http://127.0.0.1:{published['80/tcp']}/"
-            )
+            assert host.check_for(service.id).type is CheckType.HTTP_GET
+            assert host.check_for(service.id).args == (f"http://127.0.0.1:{published['80/tcp']}/")
             rejected = (
                 next((r for r in alive.rejected if r.id == bad.id[:12]), None)
                 or (
@@ -107,19 +103,14 @@ def test_labelled_containers_are_served_checked_rejected_and_dropped(
                 f"({1000 * (gone - stopped_at):.0f} ms after it was called)"
             )
             assert gone - returned < 1.0
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
 
 
 def test_a_container_that_fails_its_check_is_unhealthy(docker_client, test_image, run_container):
     async def scenario():
-        out: asyncio.Queue[HostObservation] = asyncio.Queue()
         host = HostDiscovery(POLICY, docker=DockerDiscovery(), check_interval=0.5)
-        task = asyncio.create_task(host.run(out))
-        try:
+        async with host.running() as out:
             sick = await asyncio.to_thread(
                 run_container,
                 test_image,
@@ -136,9 +127,6 @@ def test_a_container_that_fails_its_check_is_unhealthy(docker_client, test_image
                 lambda o: (s := by_id(o, sick)) is not None and s.status is Status.UNHEALTHY,
                 within=10,
             )
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
 
@@ -149,11 +137,9 @@ def test_opt_out_image_fallback_and_regex_namer_on_real_containers(
     namer = discovery.regex_namer(r"^/sc-test-(.+)-named-[0-9]+$")
 
     async def scenario():
-        out: asyncio.Queue[HostObservation] = asyncio.Queue()
         policy = DiscoveryPolicy(hostname="test-host", advertise_ip="127.0.0.1", namer=namer)
         host = HostDiscovery(policy, docker=DockerDiscovery(), check_interval=1.0)
-        task = asyncio.create_task(host.run(out))
-        try:
+        async with host.running() as out:
             hidden = await asyncio.to_thread(
                 run_container, test_image, labels={"SidecarDiscover": "FALSE"}
             )
@@ -170,9 +156,6 @@ def test_opt_out_image_fallback_and_regex_namer_on_real_containers(
             assert by_id(found, named).name == named.name.split("-named-")[0][len("sc-test-") :]
             assert by_id(found, hidden) is None
             assert all(r.id != hidden.id[:12] for r in found.rejected)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
 
@@ -201,10 +184,8 @@ def test_the_seed_example_and_bad_labels_side_by_side(docker_client, test_image,
     }
 
     async def scenario():
-        out: asyncio.Queue[HostObservation] = asyncio.Queue()
         host = HostDiscovery(POLICY, docker=DockerDiscovery(), check_interval=1.0)
-        task = asyncio.create_task(host.run(out))
-        try:
+        async with host.running() as out:
             seed = await asyncio.to_thread(
                 run_container, test_image, labels=SEED_LABELS, publish_all_ports=True
             )
@@ -236,26 +217,19 @@ def test_the_seed_example_and_bad_labels_side_by_side(docker_client, test_image,
                 Port(type="tcp", port=published["80/tcp"], service_port=8080, ip="127.0.0.1"),
                 Port(type="tcp", port=published["443/tcp"], service_port=8443, ip="127.0.0.1"),
             )
-            assert host._observed[service.id].check.args == (
-                f"http://127.0.0.1:{published['80/tcp']}/"
-            )
+            assert host.check_for(service.id).args == (f"http://127.0.0.1:{published['80/tcp']}/")
             reasons = {r.id: r.reason for r in found.rejected}
             for key, (_, reason) in bad_labels.items():
                 assert reason in reasons[bad[key].id[:12]], (key, reasons)
                 assert by_id(found, bad[key]) is None
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
 
 
 def test_docker_healthcheck_is_the_check_without_a_label(docker_client, test_image, run_container):
     async def scenario():
-        out: asyncio.Queue[HostObservation] = asyncio.Queue()
         host = HostDiscovery(POLICY, docker=DockerDiscovery(), check_interval=5.0)
-        task = asyncio.create_task(host.run(out))
-        try:
+        async with host.running() as out:
             healthy = await asyncio.to_thread(
                 run_container,
                 test_image,
@@ -278,10 +252,7 @@ def test_docker_healthcheck_is_the_check_without_a_label(docker_client, test_ima
                 ),
                 within=15,
             )
-            assert host._observed[by_id(found, healthy).id].check.type is CheckType.DOCKER
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            assert host.check_for(by_id(found, healthy).id).type is CheckType.DOCKER
 
     asyncio.run(scenario())
 
@@ -291,10 +262,8 @@ def test_a_burst_of_starts_and_removals_is_followed(docker_client, test_image, r
     run = uuid.uuid4().hex[:8]
 
     async def scenario():
-        out: asyncio.Queue[HostObservation] = asyncio.Queue()
         host = HostDiscovery(POLICY, docker=DockerDiscovery(), check_interval=5.0)
-        task = asyncio.create_task(host.run(out))
-        try:
+        async with host.running() as out:
             containers = await asyncio.gather(
                 *(
                     asyncio.to_thread(
@@ -317,8 +286,5 @@ def test_a_burst_of_starts_and_removals_is_followed(docker_client, test_image, r
             await next_matching(out, lambda o: not ids & {s.id for s in o.services}, within=10)
             took = 1000 * (time.monotonic() - removed)
             print(f"all {count} gone {took:.0f} ms after the removals began")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())

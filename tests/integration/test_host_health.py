@@ -60,26 +60,23 @@ def test_a_flapping_endpoint_changes_status_only_after_rise_and_fall_results(tmp
             )
         )
         policy = DiscoveryPolicy(hostname="vm", advertise_ip="127.0.0.1", rise=2, fall=2)
-        out: asyncio.Queue[HostObservation] = asyncio.Queue()
         host = HostDiscovery(
             policy, static=StaticDiscovery(static, policy, poll_interval=0.05), check_interval=0.15
         )
-        task = asyncio.create_task(host.run(out))
         seen: list[tuple[int, Status]] = []
         try:
-            deadline = time.monotonic() + 10
-            while answered < len(ANSWERS) and time.monotonic() < deadline:
-                try:
-                    async with asyncio.timeout(0.5):
-                        observation = await out.get()
-                except TimeoutError:
-                    continue
-                for service in observation.services:
-                    if not seen or seen[-1][1] is not service.status:
-                        seen.append((answered, service.status))
+            async with host.running() as out:
+                deadline = time.monotonic() + 10
+                while answered < len(ANSWERS) and time.monotonic() < deadline:
+                    try:
+                        async with asyncio.timeout(0.5):
+                            observation = await out.get()
+                    except TimeoutError:
+                        continue
+                    for service in observation.services:
+                        if not seen or seen[-1][1] is not service.status:
+                            seen.append((answered, service.status))
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             await runner.cleanup()
         return [entry for entry in seen if entry[1] is not Status.UNKNOWN]
 
@@ -102,18 +99,12 @@ def test_a_static_target_with_a_disabled_check_is_rejected_and_the_rest_served(t
     policy = DiscoveryPolicy(hostname="vm", advertise_ip="127.0.0.1")
 
     async def scenario() -> HostObservation:
-        out: asyncio.Queue[HostObservation] = asyncio.Queue()
         host = HostDiscovery(policy, static=StaticDiscovery(static, policy, poll_interval=0.05))
-        task = asyncio.create_task(host.run(out))
-        try:
-            async with asyncio.timeout(5):
-                while True:
-                    observation = await out.get()
-                    if observation.services and observation.services[0].status is Status.ALIVE:
-                        return observation
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        async with host.running() as out, asyncio.timeout(5):
+            while True:
+                observation = await out.get()
+                if observation.services and observation.services[0].status is Status.ALIVE:
+                    return observation
 
     observation = asyncio.run(scenario())
     assert [s.name for s in observation.services] == ["ok"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sidecar.host import HostDiscovery, HostObservation
+from sidecar.host import HostDiscovery
 from sidecar.state.discovery import (
     ContainerFacts,
     ContainerListing,
@@ -37,19 +37,13 @@ def test_services_survive_a_short_outage_and_go_once_the_grace_is_over():
     grace = 0.5
 
     async def scenario() -> list[tuple[float, int]]:
-        out: asyncio.Queue[HostObservation] = asyncio.Queue()
         host = HostDiscovery(POLICY, docker=ScriptedDocker(), grace=int(grace * 1e9))
-        task = asyncio.create_task(host.run(out))
         began = time.monotonic()
         seen: list[tuple[float, int]] = []
-        try:
-            async with asyncio.timeout(5):
-                while not seen or seen[-1][1] != 0 or len(seen) < 3:
-                    observation = await out.get()
-                    seen.append((time.monotonic() - began, len(observation.services)))
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        async with host.running() as out, asyncio.timeout(5):
+            while not seen or seen[-1][1] != 0 or len(seen) < 3:
+                observation = await out.get()
+                seen.append((time.monotonic() - began, len(observation.services)))
         return seen
 
     seen = asyncio.run(scenario())
