@@ -2,12 +2,18 @@
 
 Pure. `plan(desired, actual)` compares the desired config (`reconcile.desired`) with what
 this host has — the config last written, whether HAProxy runs, the servers its runtime API
-reports, the addresses bound — and returns actions, each with a human reason:
+reports (and which of them are in maintenance), the addresses bound — and returns actions,
+each with a human reason:
 
 * a change that only adds, removes or moves servers is done through the runtime API
-  (`add server`, `del server`, `set server ... addr`), and the config file is rewritten to
-  match so a later reload agrees — no reload;
-* any other change (frontends, backends, modes, globals) writes the config and reloads once;
+  (`add server` + `enable server`, `disable server` + `del server`, `set server ... addr`),
+  and the config file is rewritten to match so a later reload agrees — no reload;
+* any other change (frontends, backends, modes, globals, a server's options) writes the
+  config and reloads once. So does adding a server to a backend that declares `cookie`:
+  HAProxy 2.6 refuses `cookie` on a server added at runtime, and without it stickiness would
+  silently differ from the file. Where the backend declares no `cookie` (the shipped
+  template, like Go's), the server line's `cookie` has no effect and is left out of `add
+  server`;
 * HAProxy not running: write the config and start it; a missing bind address is bound first.
 
 `apply(actual, plan)` is the model of what the actions do; the laws (property-tested) are
@@ -27,29 +33,71 @@ Address = tuple[str, int]
 Servers = Mapping[str, Mapping[str, Address]]  # backend -> server name -> (address, port)
 
 _BACKEND: Final = re.compile(r"\s*backend\s+(\S+)")
+_DEFAULTS: Final = re.compile(r"\s*defaults\b")
 _SECTION: Final = re.compile(r"\s*(frontend|backend|listen|defaults|global|peers|resolvers)\b")
-_SERVER: Final = re.compile(r"\s*server\s+(\S+)\s+(\[[^\]]*\]|[^\s:]*):(\d+)")
+_SERVER: Final = re.compile(r"\s*server\s+(\S+)\s+(\[[^\]]*\]|[^\s:]*):(\d+)(.*)")
+_COOKIE: Final = re.compile(r"\s*cookie\s")
 
 
-def servers_in(config: str) -> dict[str, dict[str, Address]]:
-    """Return the servers a config declares: backend -> server -> (address, port).
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """A `server` line: where it sends, and the keywords after the address, as written."""
 
-    Pure. IPv6 addresses keep their brackets, as the config writes them.
-    """
-    found: dict[str, dict[str, Address]] = {}
+    address: str
+    port: int
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    servers: dict[str, dict[str, ServerSpec]]
+    cookie_backends: frozenset[str]
+
+
+def _parse(config: str) -> _Parsed:
+    servers: dict[str, dict[str, ServerSpec]] = {}
+    cookies: set[str] = set()
+    defaults_cookie = False
     backend: str | None = None
+    in_defaults = False
     for line in config.splitlines():
         section = _SECTION.match(line)
         if section is not None:
             match = _BACKEND.match(line)
             backend = match.group(1) if match else None
+            in_defaults = _DEFAULTS.match(line) is not None
             if backend is not None:
-                found.setdefault(backend, {})
+                servers.setdefault(backend, {})
+                if defaults_cookie:
+                    cookies.add(backend)
+            continue
+        if _COOKIE.match(line):
+            if in_defaults:
+                defaults_cookie = True
+            elif backend is not None:
+                cookies.add(backend)
             continue
         server = _SERVER.match(line)
         if server is not None and backend is not None:
-            found[backend][server.group(1)] = (server.group(2), int(server.group(3)))
-    return found
+            name, address, port, rest = server.groups()
+            servers[backend][name] = ServerSpec(address, int(port), tuple(rest.split()))
+    return _Parsed(servers, frozenset(cookies))
+
+
+def server_specs(config: str) -> dict[str, dict[str, ServerSpec]]:
+    """Return the servers a config declares: backend -> server -> its line, parsed.
+
+    Pure. IPv6 addresses keep their brackets, as the config writes them.
+    """
+    return _parse(config).servers
+
+
+def servers_in(config: str) -> dict[str, dict[str, Address]]:
+    """Return the servers a config declares: backend -> server -> (address, port)."""
+    return {
+        backend: {name: (spec.address, spec.port) for name, spec in names.items()}
+        for backend, names in _parse(config).servers.items()
+    }
 
 
 def without_servers(config: str) -> str:
@@ -57,22 +105,51 @@ def without_servers(config: str) -> str:
     return "\n".join(line for line in config.splitlines() if _SERVER.match(line) is None)
 
 
+def runtime_options(options: tuple[str, ...]) -> tuple[str, ...]:
+    """Return a server line's keywords as `add server` takes them: without `cookie <value>`,
+    which HAProxy 2.6 refuses on dynamic servers (callers make sure it has no effect)."""
+    kept: list[str] = []
+    skip = False
+    for word in options:
+        if skip:
+            skip = False
+        elif word == "cookie":
+            skip = True
+        else:
+            kept.append(word)
+    return tuple(kept)
+
+
 @dataclass(frozen=True, slots=True)
 class Actual:
     """What this host has: the config on disk, whether HAProxy runs, the servers its
-    runtime API reports (by backend), and the addresses bound on the bind interface."""
+    runtime API reports (by backend), which of those are in maintenance, and the addresses
+    bound on the bind interface."""
 
     config: str | None = None
     running: bool = False
     servers: Servers = field(default_factory=dict)
+    disabled: frozenset[tuple[str, str]] = frozenset()  # (backend, server) in maintenance
     bound_ips: frozenset[str] = frozenset()
+
+
+KINDS: Final = (
+    "bind",
+    "write",
+    "start",
+    "reload",
+    "del-server",
+    "add-server",
+    "enable-server",
+    "set-server-addr",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """One step. `kind` is one of: bind, write, start, reload, add-server, del-server,
-    set-server-addr. `backend`, `server`, `address`, `port` are set for the server steps,
-    `address` for bind, `config` for write."""
+    """One step. `kind` is one of KINDS. `backend` and `server` are set for the server
+    steps, with `address`, `port` and `options` (the `add server` keywords) where they
+    apply; `address` for bind, `config` for write."""
 
     kind: str
     reason: str
@@ -80,7 +157,51 @@ class Action:
     server: str = ""
     address: str = ""
     port: int = 0
+    options: tuple[str, ...] = ()
     config: str = ""
+
+    def describe(self) -> str:
+        """Return the action as one line a person reads: what, then why."""
+        if self.kind == "bind":
+            what = f"bind {self.address}"
+        elif self.kind in ("write", "start", "reload"):
+            what = self.kind
+        elif self.kind in ("add-server", "set-server-addr"):
+            what = f"{self.kind} {self.backend}/{self.server} {self.address}:{self.port}"
+            if self.options:
+                what += " " + " ".join(self.options)
+        else:
+            what = f"{self.kind} {self.backend}/{self.server}"
+        return f"{what}  ({self.reason})"
+
+
+def _effective(spec: ServerSpec, *, cookies: bool) -> tuple[str, ...]:
+    """Return the keywords that change what a server does: `cookie` only counts where the
+    backend declares one."""
+    return spec.options if cookies else runtime_options(spec.options)
+
+
+def _reload_reason(desired: Desired, actual: Actual) -> str | None:
+    """Return why the change needs a reload, or None when the runtime API can make it."""
+    if actual.config is None:
+        return "no config on disk"
+    if without_servers(actual.config) != without_servers(desired.config):
+        return "frontends, backends or settings changed"
+    was, want = _parse(actual.config), _parse(desired.config)
+    for backend, servers in want.servers.items():
+        for name, spec in servers.items():
+            old = was.servers.get(backend, {}).get(name)
+            cookies = backend in want.cookie_backends
+            if old is not None and _effective(old, cookies=cookies) != _effective(
+                spec, cookies=cookies
+            ):
+                return f"the options of {backend}/{name} changed"
+            if cookies and name not in actual.servers.get(backend, {}):
+                return (
+                    f"{name} joins {backend}, which declares a cookie; HAProxy 2.6 cannot "
+                    "give a server added at runtime its cookie"
+                )
+    return None
 
 
 def plan(desired: Desired, actual: Actual) -> tuple[Action, ...]:
@@ -97,47 +218,12 @@ def plan(desired: Desired, actual: Actual) -> tuple[Action, ...]:
         actions.append(Action("write", "HAProxy is not running", config=desired.config))
         actions.append(Action("start", "HAProxy is not running"))
         return tuple(actions)
-    if actual.config is None or without_servers(actual.config) != without_servers(desired.config):
-        reason = (
-            "no config on disk"
-            if actual.config is None
-            else "frontends, backends or settings changed"
-        )
-        actions.append(Action("write", reason, config=desired.config))
-        actions.append(Action("reload", reason))
+    reload_reason = _reload_reason(desired, actual)
+    if reload_reason is not None:
+        actions.append(Action("write", reload_reason, config=desired.config))
+        actions.append(Action("reload", reload_reason))
         return tuple(actions)
-    wanted = servers_in(desired.config)
-    for backend, servers in wanted.items():
-        running = actual.servers.get(backend, {})
-        for name in sorted(set(running) - set(servers)):
-            actions.append(
-                Action("del-server", f"{name} left {backend}", backend=backend, server=name)
-            )
-        for name in sorted(servers):
-            address, port = servers[name]
-            if name not in running:
-                actions.append(
-                    Action(
-                        "add-server",
-                        f"{name} joined {backend}",
-                        backend=backend,
-                        server=name,
-                        address=address,
-                        port=port,
-                    )
-                )
-            elif running[name] != (address, port):
-                was = "{}:{}".format(*running[name])
-                actions.append(
-                    Action(
-                        "set-server-addr",
-                        f"{name} moved from {was} to {address}:{port}",
-                        backend=backend,
-                        server=name,
-                        address=address,
-                        port=port,
-                    )
-                )
+    actions.extend(_server_actions(server_specs(desired.config), actual))
     if actual.config != desired.config:
         reason = "servers changed" if len(actions) else "the file differs from what runs"
         actions.append(
@@ -146,14 +232,58 @@ def plan(desired: Desired, actual: Actual) -> tuple[Action, ...]:
     return tuple(actions)
 
 
+def _server_actions(wanted: Mapping[str, Mapping[str, ServerSpec]], actual: Actual) -> list[Action]:
+    actions: list[Action] = []
+    for backend, servers in wanted.items():
+        running = actual.servers.get(backend, {})
+        for name in sorted(set(running) - set(servers)):
+            actions.append(
+                Action("del-server", f"{name} left {backend}", backend=backend, server=name)
+            )
+        for name in sorted(servers):
+            spec = servers[name]
+            if name not in running:
+                actions.append(
+                    Action(
+                        "add-server",
+                        f"{name} joined {backend}",
+                        backend,
+                        name,
+                        spec.address,
+                        spec.port,
+                        runtime_options(spec.options),
+                    )
+                )
+                continue
+            if running[name] != (spec.address, spec.port):
+                was = "{}:{}".format(*running[name])
+                moved = f"{name} moved from {was} to {spec.address}:{spec.port}"
+                actions.append(
+                    Action("set-server-addr", moved, backend, name, spec.address, spec.port)
+                )
+            if (backend, name) in actual.disabled:
+                actions.append(
+                    Action(
+                        "enable-server",
+                        f"{name} is in maintenance but serves {backend}",
+                        backend=backend,
+                        server=name,
+                    )
+                )
+    return actions
+
+
 def apply(actual: Actual, actions: tuple[Action, ...]) -> Actual:
     """Return what this host has after the actions succeed: the model the adapter must match.
 
-    Pure. A start or a reload loads the servers of the config written.
+    Pure. A start or a reload loads the servers of the config written, all enabled; a server
+    added at runtime is enabled (the adapter adds, then enables).
     """
     servers = {backend: dict(names) for backend, names in actual.servers.items()}
     config, running, bound = actual.config, actual.running, set(actual.bound_ips)
+    disabled = set(actual.disabled)
     for action in actions:
+        key = (action.backend, action.server)
         if action.kind == "bind":
             bound.add(action.address)
         elif action.kind == "write":
@@ -161,10 +291,21 @@ def apply(actual: Actual, actions: tuple[Action, ...]) -> Actual:
         elif action.kind in ("start", "reload"):
             running = True
             servers = servers_in(config or "")
+            disabled = set()
         elif action.kind == "add-server" or action.kind == "set-server-addr":
             servers.setdefault(action.backend, {})[action.server] = (action.address, action.port)
+            if action.kind == "add-server":
+                disabled.discard(key)
+        elif action.kind == "enable-server":
+            disabled.discard(key)
         elif action.kind == "del-server":
             servers.get(action.backend, {}).pop(action.server, None)
+            disabled.discard(key)
     return replace(
-        actual, config=config, running=running, servers=servers, bound_ips=frozenset(bound)
+        actual,
+        config=config,
+        running=running,
+        servers=servers,
+        disabled=frozenset(disabled),
+        bound_ips=frozenset(bound),
     )

@@ -58,10 +58,12 @@ def actuals(draw):
                 del servers[backend][name]
             elif change == "move":
                 servers[backend][name] = ("10.9.9.9", 1)
+    names = sorted((b, n) for b, names in servers.items() for n in names)
     return Actual(
         config=actual.config,
         running=draw(st.booleans()),
         servers=servers,
+        disabled=frozenset(draw(st.lists(st.sampled_from(names), unique=True)) if names else ()),
         bound_ips=actual.bound_ips if draw(st.booleans()) else frozenset(),
     )
 
@@ -75,6 +77,7 @@ def test_applying_a_plan_yields_what_was_desired_and_then_nothing_is_pending(fou
     assert set(want.bind_ips) <= after.bound_ips
     wanted = plans.servers_in(want.config)
     assert {b: dict(after.servers.get(b, {})) for b in wanted} == wanted
+    assert not after.disabled & {(b, n) for b, names in wanted.items() for n in names}
     assert plans.plan(want, after) == ()
 
 

@@ -79,3 +79,64 @@ def test_a_new_service_port_is_one_reload():
 def test_servers_in_reads_backends_and_ipv6():
     config = "backend web-8080\n\tserver h1-a1 [fd00::1]:80 cookie x\nfrontend f\n\tserver no 1:1\n"
     assert plans.servers_in(config) == {"web-8080": {"h1-a1": ("[fd00::1]", 80)}}
+
+
+def test_a_server_in_maintenance_that_should_serve_is_enabled():
+    actual = running(svc("h1", "a1"))
+    actual = plans.replace(actual, disabled=frozenset({("web-8080", "h1-a1")}))
+    actions = plans.plan(want(svc("h1", "a1")), actual)
+    assert kinds(actions) == [("enable-server", "h1-a1")]
+    assert "maintenance" in actions[0].reason
+
+
+def test_add_server_leaves_out_the_cookie_where_the_backend_declares_none():
+    actions = plans.plan(want(svc("h1", "a1"), svc("h2", "b2")), running(svc("h1", "a1")))
+    assert "server h2-b2 10.0.0.1:30001 cookie h2-30001" in actions[-1].config
+    assert actions[0].kind == "add-server"
+    assert actions[0].options == ()
+
+
+COOKIE_TEMPLATE = """\
+defaults
+\tmode http
+{% for frontend in frontends %}
+backend {{ frontend.backend }}
+\tcookie SRV insert
+{%- for server in backends[frontend.backend].servers %}
+\tserver {{ server.name }} {{ server.address }}:{{ server.port }} cookie {{ server.cookie }} weight 10
+{%- endfor %}
+{% endfor %}"""
+
+
+def test_a_new_server_in_a_backend_with_cookies_is_a_reload():
+    settings = HaproxySettings(bind_ip="127.0.0.77", template=COOKIE_TEMPLATE)
+
+    def with_cookies(*records):
+        state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
+        return desired.desired(views.routing_table(state), settings)
+
+    before = plans.apply(Actual(), plans.plan(with_cookies(svc("h1", "a1")), Actual()))
+    actions = plans.plan(with_cookies(svc("h1", "a1"), svc("h2", "b2")), before)
+    assert [a.kind for a in actions] == ["write", "reload"]
+    assert "declares a cookie" in actions[0].reason
+
+
+def test_runtime_options_drop_only_the_cookie_and_its_value():
+    assert plans.runtime_options(("cookie", "x", "weight", "10", "check")) == (
+        "weight",
+        "10",
+        "check",
+    )
+
+
+def test_a_changed_server_option_is_a_reload():
+    before = running(svc("h1", "a1"))
+    config = before.config.replace("cookie h1-30001", "cookie h1-30001 weight 5")
+    actions = plans.plan(want(svc("h1", "a1")), plans.replace(before, config=config))
+    assert [a.kind for a in actions] == ["write", "reload"]
+    assert "options of web-8080/h1-a1 changed" in actions[0].reason
+
+
+def test_describe_says_what_and_why():
+    actions = plans.plan(want(svc("h1", "a1"), svc("h2", "b2")), running(svc("h1", "a1")))
+    assert actions[0].describe() == "add-server web-8080/h2-b2 10.0.0.1:30001  (h2-b2 joined web-8080)"

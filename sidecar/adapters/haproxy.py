@@ -1,0 +1,550 @@
+"""The local HAProxy: read what it runs, write and validate configs, start, reload, and
+change servers through its runtime API.
+
+Two ways to run it (no policy here; the reconcile loop decides what to do):
+
+* **managed** (default): this process starts HAProxy in master-worker mode in the
+  foreground (`haproxy -W -db -S <master socket> -f <config> -p <pid file>`), reloads it
+  seamlessly through the master socket (`reload`, then `show proc` until the master's reload
+  counter moves), and sends runtime commands to the current worker through the master
+  (`@1 <command>`), so the template's admin socket path does not matter. A master that is
+  already answering on the socket (left serving by an earlier run) is adopted. When the
+  HAProxy it started exits, `on_exit` is called so the loop can start it again.
+* **external** (Go's way, sidecar-behaviour.md §5.1): `reload_command` and
+  `verify_command` run through `/bin/bash -c`; runtime commands go to the admin socket.
+
+Every config is written to a temporary file beside the real one, validated, and renamed
+into place only when valid. Errors are the `sidecar.reconcile.errors` types, with HAProxy's
+own words in the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import shlex
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+from sidecar.reconcile.errors import ConfigRejected, ProcessFailed, RuntimeRefused, ServerBusy
+from sidecar.reconcile.plans import Actual, servers_in
+
+log = logging.getLogger("sidecar.haproxy")
+
+CLI_TIMEOUT: Final = 5.0
+START_TIMEOUT: Final = 10.0
+RELOAD_TIMEOUT: Final = 15.0
+VALIDATE_TIMEOUT: Final = 30.0
+DRAIN_TIMEOUT: Final = 2.0
+_LAST_WORDS: Final = 40
+
+
+@dataclass(frozen=True, slots=True)
+class HaproxyOptions:
+    """Where HAProxy's files are and how it is run (Go's defaults where Go has them)."""
+
+    config_file: Path = Path("/etc/haproxy/haproxy.cfg")
+    pid_file: Path = Path("/var/run/haproxy.pid")
+    master_socket: Path = Path("/var/run/sidecar/haproxy-master.sock")
+    admin_socket: Path = Path("/var/run/haproxy_stats.sock")
+    binary: str = "haproxy"
+    mode: Literal["managed", "external"] = "managed"
+    reload_command: str = ""  # external mode; empty = Go's default
+    verify_command: str = ""  # external mode; empty = `<binary> -c -f <config>`
+    drain_timeout: float = DRAIN_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    """One line of the master's `show proc`."""
+
+    pid: int
+    kind: str
+    reloads: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcInfo:
+    """The master's `show proc`: itself, its reload counters, its workers."""
+
+    master: int
+    reloads: int
+    failed: int
+    workers: tuple[Process, ...]
+    old_workers: tuple[Process, ...] = ()
+
+
+_MASTER_LINE: Final = re.compile(r"(\d+)\s+master\s+(\d+)(?:\s+\[failed:\s*(\d+)\])?")
+_PROCESS_LINE: Final = re.compile(r"(\d+)\s+(\S+)\s+(\d+)")
+
+
+def parse_show_proc(text: str) -> ProcInfo:
+    """Return the master's `show proc` answer, parsed. Raises ValueError on anything else."""
+    master: re.Match[str] | None = None
+    section = "master"
+    workers: dict[str, list[Process]] = {"workers": [], "old workers": []}
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#<"):  # the column titles, above the master's line
+            continue
+        if stripped.startswith("#"):
+            section = stripped.lstrip("# ").strip()
+            continue
+        if section == "master" and master is None:
+            master = _MASTER_LINE.match(stripped)
+            continue
+        process = _PROCESS_LINE.match(stripped)
+        if process is not None and section in workers:
+            pid, kind, reloads = process.groups()
+            workers[section].append(Process(int(pid), kind, int(reloads)))
+    if master is None:
+        raise ValueError(f"not a `show proc` answer: {text[:200]!r}")
+    return ProcInfo(
+        master=int(master.group(1)),
+        reloads=int(master.group(2)),
+        failed=int(master.group(3) or 0),
+        workers=tuple(workers["workers"]),
+        old_workers=tuple(workers["old workers"]),
+    )
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def parse_servers_state(
+    text: str, *, config: str | None = None
+) -> tuple[dict[str, dict[str, tuple[str, int]]], frozenset[tuple[str, str]]]:
+    """Return the servers of `show servers state` (backend -> server -> (address, port)) and
+    those in maintenance.
+
+    IPv6 addresses are bracketed as the config writes them. Where the config on disk names a
+    server by host name (`use_hostnames`) and HAProxy shows the address it resolved, the
+    name is reported, so a resolved name does not look like a moved server.
+    """
+    named = servers_in(config) if config else {}
+    servers: dict[str, dict[str, tuple[str, int]]] = {}
+    disabled: set[tuple[str, str]] = set()
+    header: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("# "):
+            header = line[2:].split()
+            continue
+        fields = line.split()
+        if not header or len(fields) != len(header):
+            continue
+        row = dict(zip(header, fields, strict=True))
+        backend, name, port = row["be_name"], row["srv_name"], int(row["srv_port"])
+        address = row["srv_addr"]
+        address = f"[{address}]" if ":" in address else address
+        written = named.get(backend, {}).get(name)
+        if written is not None and not _is_ip(written[0]) and written[1] == port:
+            address = written[0]
+        servers.setdefault(backend, {})[name] = (address, port)
+        if int(row["srv_admin_state"]) & 0x05:  # forced or config maintenance
+            disabled.add((backend, name))
+    return servers, frozenset(disabled)
+
+
+async def cli(path: Path, command: str, *, limit: float = CLI_TIMEOUT) -> str:
+    """Return HAProxy's answer to one command on a CLI socket (admin or master).
+
+    Raises OSError (or TimeoutError) when the socket does not answer.
+    """
+    async with asyncio.timeout(limit):
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        try:
+            writer.write(command.encode() + b"\n")
+            await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+            return (await reader.read()).decode(errors="replace")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+async def _run(argv: list[str], *, limit: float) -> tuple[int, str]:
+    """Return the exit code and the combined output of a command."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(limit):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return -1, f"timed out after {limit:g}s"
+    return proc.returncode or 0, out.decode(errors="replace").strip()
+
+
+@dataclass
+class Counters:
+    """What this adapter has done since it was made."""
+
+    starts: int = 0
+    restarts: int = 0  # starts after HAProxy exited on its own
+    reloads: int = 0
+    runtime_ops: int = 0
+    exits: int = 0
+
+
+@dataclass
+class _Child:
+    proc: asyncio.subprocess.Process
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stopping: bool = False
+
+
+class Haproxy:
+    """This host's HAProxy, managed or external (see the module docstring)."""
+
+    def __init__(
+        self, options: HaproxyOptions, *, on_exit: Callable[[int], None] | None = None
+    ) -> None:
+        self.options = options
+        self.counters = Counters()
+        self._on_exit = on_exit
+        self._child: _Child | None = None
+        self._last_words: collections.deque[str] = collections.deque(maxlen=_LAST_WORDS)
+        self._exited = False
+
+    # ------------------------------------------------------------------ reading
+
+    def read_config(self) -> str | None:
+        """Return the config file's text, or None when there is none."""
+        try:
+            return self.options.config_file.read_text()
+        except FileNotFoundError:
+            return None
+
+    async def runtime(self, command: str) -> str:
+        """Return the running worker's answer to a runtime API command.
+
+        Raises RuntimeRefused when nothing answers.
+        """
+        if self.options.mode == "managed":
+            path, line = self.options.master_socket, f"@1 {command}"
+        else:
+            path, line = self.options.admin_socket, command
+        try:
+            return await cli(path, line)
+        except (OSError, TimeoutError) as exc:
+            raise RuntimeRefused(f"{command!r}: no answer on {path}: {exc}") from None
+
+    async def proc_info(self) -> ProcInfo | None:
+        """Return the master's `show proc` (managed mode), or None when it does not answer."""
+        try:
+            return parse_show_proc(await cli(self.options.master_socket, "show proc"))
+        except (OSError, TimeoutError, ValueError):
+            return None
+
+    async def running(self) -> bool:
+        """Return whether an HAProxy answers: a master with a worker (managed), the admin
+        socket (external)."""
+        if self.options.mode == "managed":
+            info = await self.proc_info()
+            return info is not None and len(info.workers) > 0
+        try:
+            await cli(self.options.admin_socket, "show info")
+        except (OSError, TimeoutError):
+            return False
+        return True
+
+    async def read_actual(self) -> Actual:
+        """Return what runs now: the config on disk, whether HAProxy answers, its servers
+        and those in maintenance (bound addresses are the ipbind adapter's; left empty).
+
+        Reads only; never writes anything.
+        """
+        config = self.read_config()
+        if not await self.running():
+            return Actual(config=config, running=False)
+        try:
+            answer = await self.runtime("show servers state")
+        except RuntimeRefused:
+            return Actual(config=config, running=False)
+        servers, disabled = parse_servers_state(answer, config=config)
+        return Actual(config=config, running=True, servers=servers, disabled=disabled)
+
+    # ------------------------------------------------------------------ the config file
+
+    def _verify_argv(self, path: Path) -> list[str]:
+        command = self.options.verify_command
+        if self.options.mode == "external" and command:
+            real = str(self.options.config_file)
+            text = command.replace("{config}", str(path)).replace(real, str(path))
+            return ["/bin/bash", "-c", text]
+        return [self.options.binary, "-c", "-f", str(path)]
+
+    async def validate(self, config: str) -> None:
+        """Validate a config without touching the real file; raise ConfigRejected with
+        HAProxy's message when it is not valid."""
+        candidate = await asyncio.to_thread(self._write_candidate, config)
+        try:
+            await self._check(candidate)
+        finally:
+            candidate.unlink(missing_ok=True)
+
+    async def _check(self, candidate: Path) -> None:
+        code, output = await _run(self._verify_argv(candidate), limit=VALIDATE_TIMEOUT)
+        if code != 0:
+            lines = [ln for ln in output.splitlines() if "[ALERT]" in ln] or output.splitlines()
+            message = "\n".join(lines[-10:]).replace(str(candidate), "<new config>")
+            raise ConfigRejected(f"HAProxy refused the new config: {message}")
+
+    def _write_candidate(self, config: str) -> Path:
+        target = self.options.config_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        candidate = target.with_name(f".{target.name}.{os.getpid()}.new")
+        with candidate.open("w") as out:
+            out.write(config)
+            out.flush()
+            os.fsync(out.fileno())
+        return candidate
+
+    async def write(self, config: str) -> None:
+        """Write a config: a temporary file beside the real one, validated, then renamed
+        into place. On ConfigRejected the real file is as it was."""
+        candidate = await asyncio.to_thread(self._write_candidate, config)
+        try:
+            await self._check(candidate)
+            os.replace(candidate, self.options.config_file)
+        finally:
+            candidate.unlink(missing_ok=True)
+        log.debug("wrote %s (%d bytes)", self.options.config_file, len(config))
+
+    # ------------------------------------------------------------------ the process
+
+    async def start(self) -> None:
+        """Start HAProxy from the config on disk (or adopt a master already answering).
+
+        Raises ProcessFailed with HAProxy's last words when it does not come up.
+        """
+        if self.options.mode == "external":
+            await self._external_reload("start")
+            self.counters.starts += 1
+            return
+        info = await self.proc_info()
+        if info is not None and info.workers:
+            log.info("adopting the HAProxy master already running (pid %d)", info.master)
+            return
+        await self._stop_child()
+        self.options.master_socket.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            self.options.binary,
+            "-W",
+            "-db",
+            "-S",
+            f"{self.options.master_socket},mode,600",
+            "-f",
+            str(self.options.config_file),
+            "-p",
+            str(self.options.pid_file),
+        ]
+        self._last_words.clear()
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        child = _Child(proc)
+        child.tasks.append(asyncio.create_task(self._forward(proc)))
+        self._child = child
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        while asyncio.get_running_loop().time() < deadline:
+            if proc.returncode is not None:
+                break
+            info = await self.proc_info()
+            if info is not None and info.workers:
+                was_restart = self._exited
+                self.counters.starts += 1
+                self.counters.restarts += was_restart
+                self._exited = False
+                child.tasks.append(asyncio.create_task(self._watch(child)))
+                log.info(
+                    "HAProxy %s: master %d, worker %d",
+                    "restarted" if was_restart else "started",
+                    info.master,
+                    info.workers[0].pid,
+                )
+                return
+            await asyncio.sleep(0.05)
+        await self._stop_child()
+        raise ProcessFailed(f"HAProxy did not start: {self._words()}")
+
+    def _words(self) -> str:
+        return " | ".join(self._last_words) or "(it said nothing)"
+
+    async def _forward(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if not line:
+                continue
+            self._last_words.append(line)
+            # Reloads make HAProxy say a lot at WARNING ("Proxy x stopped"); only its
+            # alerts are worth an operator's attention by default.
+            log.log(logging.WARNING if "[ALERT]" in line else logging.DEBUG, "haproxy: %s", line)
+
+    async def _watch(self, child: _Child) -> None:
+        code = await child.proc.wait()
+        if child.stopping:
+            return
+        self.counters.exits += 1
+        self._exited = True
+        log.warning(
+            "HAProxy (master %d) exited with code %s; last words: %s",
+            child.proc.pid,
+            code,
+            self._words(),
+        )
+        if self._on_exit is not None:
+            self._on_exit(code)
+
+    async def reload(self) -> None:
+        """Reload seamlessly: through the master (managed) or `reload_command` (external).
+
+        Raises ProcessFailed when the new config did not load (the old workers keep serving).
+        """
+        if self.options.mode == "external":
+            await self._external_reload("reload")
+            self.counters.reloads += 1
+            return
+        before = await self.proc_info()
+        if before is None:
+            raise ProcessFailed("cannot reload: the HAProxy master does not answer")
+        self._last_words.clear()
+        with contextlib.suppress(OSError, TimeoutError):
+            await cli(self.options.master_socket, "reload")
+        deadline = asyncio.get_running_loop().time() + RELOAD_TIMEOUT
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            info = await self.proc_info()
+            if info is None or info.reloads <= before.reloads:
+                continue
+            if info.failed > 0:
+                raise ProcessFailed(f"HAProxy did not load the new config: {self._words()}")
+            fresh = [w for w in info.workers if w.reloads == 0]
+            if fresh:
+                self.counters.reloads += 1
+                log.info("HAProxy reloaded: worker %d", fresh[0].pid)
+                return
+        raise ProcessFailed(f"HAProxy did not finish reloading: {self._words()}")
+
+    def _default_reload_command(self) -> str:
+        cfg, pid = (
+            shlex.quote(str(self.options.config_file)),
+            shlex.quote(str(self.options.pid_file)),
+        )
+        binary = shlex.quote(self.options.binary)
+        return f'{binary} -f {cfg} -p {pid} `[[ -f {pid} ]] && echo "-sf $(cat {pid})"`'
+
+    async def _external_reload(self, what: str) -> None:
+        command = self.options.reload_command or self._default_reload_command()
+        code, output = await _run(["/bin/bash", "-c", command], limit=RELOAD_TIMEOUT)
+        if code != 0:
+            raise ProcessFailed(f"{what}: error running {command!r}: exit status {code}\n{output}")
+
+    async def _stop_child(self) -> None:
+        child, self._child = self._child, None
+        if child is None:
+            return
+        child.stopping = True
+        if child.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signal.SIGUSR1)  # soft stop: finish what is in flight
+            try:
+                async with asyncio.timeout(5.0):
+                    await child.proc.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                await child.proc.wait()
+        for task in child.tasks:
+            task.cancel()
+        await asyncio.gather(*child.tasks, return_exceptions=True)
+
+    async def close(self, *, stop: bool = True) -> None:
+        """Stop watching; with `stop`, also stop the HAProxy this adapter started (soft stop:
+        requests in flight finish). Without it, HAProxy keeps serving."""
+        if stop:
+            await self._stop_child()
+            return
+        child, self._child = self._child, None
+        if child is not None:
+            child.stopping = True
+            for task in child.tasks:
+                task.cancel()
+            await asyncio.gather(*child.tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ runtime API
+
+    async def _command(self, command: str, *, ok: Callable[[str], bool]) -> str:
+        self.counters.runtime_ops += 1
+        answer = (await self.runtime(command)).strip()
+        if not ok(answer):
+            raise RuntimeRefused(f"{command!r}: {answer or '(no answer)'}")
+        return answer
+
+    async def add_server(
+        self, backend: str, server: str, address: str, port: int, options: tuple[str, ...]
+    ) -> None:
+        """Add a server and enable it (HAProxy adds servers in maintenance)."""
+        words = " ".join((f"{address}:{port}", *options))
+        await self._command(
+            f"add server {backend}/{server} {words}", ok=lambda a: "New server registered" in a
+        )
+        await self.enable_server(backend, server)
+
+    async def enable_server(self, backend: str, server: str) -> None:
+        """Take a server out of maintenance."""
+        await self._command(f"enable server {backend}/{server}", ok=lambda a: a == "")
+
+    async def del_server(self, backend: str, server: str) -> None:
+        """Put a server in maintenance (no new requests), then delete it once its requests
+        in flight are done. Raises ServerBusy when they outlast the drain timeout."""
+        await self._command(f"set server {backend}/{server} state maint", ok=lambda a: a == "")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.drain_timeout
+        while True:
+            answer = (await self.runtime(f"del server {backend}/{server}")).strip()
+            self.counters.runtime_ops += 1
+            if "Server deleted" in answer or "No such server" in answer:
+                return
+            if "connections" not in answer:
+                raise RuntimeRefused(f"'del server {backend}/{server}': {answer}")
+            if loop.time() >= deadline:
+                raise ServerBusy(
+                    f"{backend}/{server} still has requests in flight after "
+                    f"{self.options.drain_timeout:g}s; it is in maintenance, deletion retried"
+                )
+            await asyncio.sleep(0.05)
+
+    async def set_server_addr(self, backend: str, server: str, address: str, port: int) -> None:
+        """Point a server at a new address and port."""
+        await self._command(
+            f"set server {backend}/{server} addr {address.strip('[]')} port {port}",
+            ok=lambda a: "changed" in a or "no need to change" in a,
+        )

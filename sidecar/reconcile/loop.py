@@ -1,0 +1,304 @@
+"""The reconcile loop: keep this host's HAProxy and bind address following the routing table.
+
+`Reconciler.update(table)` hands it the newest routing table; `run()` applies it: changes
+that arrive within `min_wait` of each other coalesce into one apply, an apply never waits
+more than `max_wait` after the first change it carries, and the last table is always the
+one applied. Every `resync` seconds (and when HAProxy exits) it plans again without a
+change, which restarts a dead HAProxy and finishes deletions that had to wait.
+
+One apply: `desired(table)` → read actual (HAProxy adapter + address adapter) → `plan` →
+carry out the actions in order. What goes wrong decides what follows (the policy lives
+here, not in the adapters):
+
+* the new config is rejected (or the template fails): nothing else is done, the running
+  HAProxy and the file stay as they were, and the next change tries again;
+* a runtime API command is refused: fall back to write + validate + reload;
+* a server to delete is still busy: it stays in maintenance and is retried soon;
+* HAProxy does not start or reload, or the address cannot be bound: retried with backoff.
+
+With `apply=False` (observe-only) the plan is computed and kept, never carried out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from sidecar.reconcile.desired import Desired, HaproxySettings, TemplateError, desired
+from sidecar.reconcile.errors import (
+    AddressFailed,
+    ApplyError,
+    ConfigRejected,
+    RuntimeRefused,
+    ServerBusy,
+)
+from sidecar.reconcile.plans import Action, Actual, plan
+from sidecar.state.views import RoutingTable
+
+log = logging.getLogger("sidecar.reconcile")
+
+BUSY_RETRY = 1.0
+MAX_BACKOFF = 10.0
+
+
+class HaproxyPort(Protocol):
+    """What the loop needs of the HAProxy adapter (`sidecar.adapters.haproxy.Haproxy`)."""
+
+    async def read_actual(self) -> Actual: ...
+    async def write(self, config: str) -> None: ...
+    async def start(self) -> None: ...
+    async def reload(self) -> None: ...
+    async def add_server(
+        self, backend: str, server: str, address: str, port: int, options: tuple[str, ...]
+    ) -> None: ...
+    async def enable_server(self, backend: str, server: str) -> None: ...
+    async def del_server(self, backend: str, server: str) -> None: ...
+    async def set_server_addr(self, backend: str, server: str, address: str, port: int) -> None: ...
+
+
+class AddressPort(Protocol):
+    """What the loop needs of the address adapter (`sidecar.adapters.ipbind.IpBinder`)."""
+
+    def bound(self) -> frozenset[str]: ...
+    def bind(self, ip: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One apply: the plan, what was carried out, and the error that stopped it, if any."""
+
+    actions: tuple[Action, ...]
+    done: tuple[Action, ...] = ()
+    error: str | None = None
+    fallback: bool = False  # a runtime command failed and the change was made by reload
+    applied: bool = True  # False in observe-only mode
+    at: float = 0.0  # time.time() when it finished
+
+
+@dataclass
+class Stats:
+    """Counts since start, for metrics and tests."""
+
+    applies: int = 0
+    failures: int = 0
+    fallbacks: int = 0
+    reloads: int = 0
+    starts: int = 0
+    runtime_ops: int = 0
+    binds: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+_RUNTIME_KINDS = frozenset({"add-server", "del-server", "enable-server", "set-server-addr"})
+
+
+class Reconciler:
+    """Applies the newest routing table to this host (see the module docstring)."""
+
+    def __init__(
+        self,
+        haproxy: HaproxyPort,
+        addresses: AddressPort | None,
+        settings: HaproxySettings,
+        *,
+        apply: bool = True,
+        min_wait: float = 0.05,
+        max_wait: float = 1.0,
+        resync: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 <= min_wait <= max_wait:
+            raise ValueError(f"need 0 <= min_wait <= max_wait, got {min_wait} and {max_wait}")
+        self.haproxy = haproxy
+        self.addresses = addresses
+        self.settings = settings
+        self.apply = apply
+        self.min_wait, self.max_wait, self.resync = min_wait, max_wait, resync
+        self.stats = Stats()
+        self.last: Outcome | None = None
+        self.last_desired: Desired | None = None
+        self._clock = clock
+        self._table: RoutingTable | None = None
+        self._changed = asyncio.Event()
+        self._retry_at: float | None = None
+        self._backoff = 0.5
+        self._applied = asyncio.Condition()
+        self._generation = 0  # tables handed in
+        self._done_generation = 0  # tables applied (or attempted)
+
+    def update(self, table: RoutingTable) -> None:
+        """Hand in the newest routing table; it is applied after the debounce window."""
+        self._table = table
+        self._generation += 1
+        self._changed.set()
+
+    def poke(self, *_: object) -> None:
+        """Plan again soon without a new table (e.g. HAProxy exited)."""
+        self._changed.set()
+
+    async def settled(self) -> Outcome | None:
+        """Return the outcome once every table handed in so far has been tried."""
+        async with self._applied:
+            target = self._generation
+            await self._applied.wait_for(lambda: self._done_generation >= target)
+        return self.last
+
+    async def run(self) -> None:
+        """Apply changes until cancelled."""
+        while True:
+            await self._wait_for_change()
+            await self.reconcile()
+
+    async def _wait_for_change(self) -> None:
+        timeout = self.resync
+        if self._retry_at is not None:
+            timeout = min(timeout, max(0.0, self._retry_at - self._clock()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        if not self._changed.is_set():
+            return  # resync or retry time
+        first = self._clock()
+        while True:
+            self._changed.clear()
+            left = first + self.max_wait - self._clock()
+            if left <= 0:
+                return
+            try:
+                async with asyncio.timeout(min(self.min_wait, left)):
+                    await self._changed.wait()
+            except TimeoutError:
+                return
+
+    async def reconcile(self) -> Outcome | None:
+        """Plan and (unless observe-only) apply the newest table once; return the outcome."""
+        self._changed.clear()
+        if self._table is None:
+            return None
+        generation = self._generation
+        try:
+            outcome = await self._reconcile(self._table)
+        finally:
+            async with self._applied:
+                self._done_generation = max(self._done_generation, generation)
+                self._applied.notify_all()
+        return outcome
+
+    async def _actual(self) -> Actual:
+        actual = await self.haproxy.read_actual()
+        if self.addresses is None:
+            return actual
+        bound = await asyncio.to_thread(self.addresses.bound)
+        return replace(actual, bound_ips=bound)
+
+    async def _reconcile(self, table: RoutingTable) -> Outcome:
+        try:
+            want = desired(table, self.settings)
+        except TemplateError as exc:
+            return self._finish(Outcome((), error=str(exc)), retry="next-change")
+        self.last_desired = want
+        actual = await self._actual()
+        actions = plan(want, actual)
+        if not self.apply:
+            return self._finish(Outcome(actions, applied=False))
+        if not actions:
+            return self._finish(Outcome(()))
+        done: list[Action] = []
+        try:
+            await self._carry_out(actions, done)
+        except ServerBusy as exc:
+            return self._finish(Outcome(actions, tuple(done), error=str(exc)), retry="busy")
+        except RuntimeRefused as exc:
+            log.warning("runtime API refused a change, reloading instead: %s", exc)
+            return await self._fall_back(want, actions, done, str(exc))
+        except ConfigRejected as exc:
+            return self._finish(Outcome(actions, tuple(done), error=str(exc)), retry="next-change")
+        except ApplyError as exc:
+            return self._finish(Outcome(actions, tuple(done), error=str(exc)))
+        return self._finish(Outcome(actions, tuple(done)))
+
+    async def _fall_back(
+        self, want: Desired, actions: tuple[Action, ...], done: list[Action], why: str
+    ) -> Outcome:
+        self.stats.fallbacks += 1
+        actual = replace(await self._actual(), config=None)  # forces write + reload
+        again = plan(want, actual)
+        try:
+            await self._carry_out(again, done)
+        except ApplyError as exc:
+            return self._finish(
+                Outcome(actions + again, tuple(done), error=f"{why}; then: {exc}", fallback=True)
+            )
+        return self._finish(Outcome(actions + again, tuple(done), fallback=True))
+
+    async def _carry_out(self, actions: tuple[Action, ...], done: list[Action]) -> None:
+        busy: ServerBusy | None = None
+        for action in actions:
+            try:
+                await self._one(action)
+            except ServerBusy as exc:
+                busy = busy or exc
+                continue
+            done.append(action)
+            self.stats.by_kind[action.kind] = self.stats.by_kind.get(action.kind, 0) + 1
+            if action.kind in _RUNTIME_KINDS:
+                self.stats.runtime_ops += 1
+            log.info("%s", action.describe())
+        if busy is not None:
+            raise busy
+
+    async def _one(self, action: Action) -> None:
+        h = self.haproxy
+        kind = action.kind
+        if kind == "bind":
+            if self.addresses is None:
+                raise AddressFailed(f"{action.address} is not bound and no interface is managed")
+            await asyncio.to_thread(self.addresses.bind, action.address)
+            self.stats.binds += 1
+        elif kind == "write":
+            await h.write(action.config)
+        elif kind == "start":
+            await h.start()
+            self.stats.starts += 1
+        elif kind == "reload":
+            await h.reload()
+            self.stats.reloads += 1
+        elif kind == "add-server":
+            await h.add_server(
+                action.backend, action.server, action.address, action.port, action.options
+            )
+        elif kind == "enable-server":
+            await h.enable_server(action.backend, action.server)
+        elif kind == "del-server":
+            await h.del_server(action.backend, action.server)
+        elif kind == "set-server-addr":
+            await h.set_server_addr(action.backend, action.server, action.address, action.port)
+        else:  # pragma: no cover - plan() makes only the kinds above
+            raise ApplyError(f"unknown action {kind!r}")
+
+    def _finish(self, outcome: Outcome, *, retry: str = "on-error") -> Outcome:
+        """Record an outcome and when to try again: `on-error` (with backoff), `busy` (soon,
+        no failure counted), `next-change` (a rejected config does not fix itself)."""
+        outcome = replace(outcome, at=time.time())
+        self.last = outcome
+        if outcome.applied and outcome.actions:
+            self.stats.applies += 1
+        if outcome.error is None:
+            self._retry_at, self._backoff = None, 0.5
+        elif retry == "busy":
+            log.info("%s", outcome.error)
+            self._retry_at = self._clock() + BUSY_RETRY
+        else:
+            self.stats.failures += 1
+            log.error("HAProxy not updated: %s", outcome.error)
+            if retry == "on-error":
+                self._retry_at = self._clock() + self._backoff
+                self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+            else:
+                self._retry_at = None
+        return outcome
