@@ -1,10 +1,12 @@
 """The `sidecar` command line.
 
-Today it has `discover` (this host's discovery and health checks, live: what it would
-announce to the cluster), `simulate` (a whole cluster of sidecars running the pure core in
-virtual time) and `decode` (check a Go `state.json` or service document and print it back in
-Go's bytes). `sidecar run` (the daemon) and `sidecar plan` are not built yet; asking for them
-says so instead of failing obscurely.
+Today it has `plan` (what would change on this host's HAProxy for a cluster state: the
+config diff, the runtime and address actions with their reasons, the instances left out),
+`discover` (this host's discovery and health checks, live: what it would announce to the
+cluster), `simulate` (a whole cluster of sidecars running the pure core in virtual time) and
+`decode` (check a Go `state.json` or service document and print it back in Go's bytes).
+`sidecar run` (the daemon) is not built yet; asking for it says so instead of failing
+obscurely.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -25,8 +29,9 @@ from sidecar.state.discovery import DiscoveryPolicy
 
 NOT_YET = {
     "run": "the daemon (Docker discovery, health checks, HAProxy, the HTTP API)",
-    "plan": "the HAProxy dry-run",
 }
+
+PLAN_PENDING = 2
 
 
 def _fraction(text: str) -> float:
@@ -68,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         "decode", help="read a Go state.json or service JSON document, print it as Go would"
     )
     decode.add_argument("file", help="the document, or - for stdin")
+    _plan_parser(commands)
     for name, what in NOT_YET.items():
         commands.add_parser(name, help=f"{what} (not built yet)")
     return parser
@@ -82,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in simulate.run(args.nodes, loss=args.loss, seed=args.seed):
             print(line, flush=True)
         return 0
+    if args.command == "plan":
+        return _plan(args)
     if args.command == "decode":
         if args.file == "-":
             raw = sys.stdin.buffer.read()
@@ -199,3 +207,140 @@ def _print_observation(observation: object) -> None:
     for rejected in observation.rejected:
         print(f"   {rejected.id}  {rejected.name:<30} REJECTED  {rejected.reason}")
     sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- sidecar plan
+
+
+def _plan_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    plan = commands.add_parser(
+        "plan",
+        help="show what would change on this host's HAProxy (writes nothing)",
+        description=(
+            "Show what would change on this host's HAProxy for the cluster state: the config "
+            "diff, the runtime API and address actions with their reasons, and the instances "
+            "left out. Writes nothing. Exit 0 when nothing is pending, 2 when changes are "
+            "pending, 1 on error."
+        ),
+    )
+    source = plan.add_mutually_exclusive_group()
+    source.add_argument(
+        "--api",
+        default="http://127.0.0.1:7777",
+        help="the local daemon, whose /api/state.json is read (http://127.0.0.1:7777)",
+    )
+    source.add_argument(
+        "--state", metavar="FILE", help="a saved /api/state.json document (- = stdin)"
+    )
+    plan.add_argument("--template", metavar="FILE", help="preview this Jinja2 template instead")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--bind-ip", default="192.168.168.168", help="HAProxy bind IP")
+    plan.add_argument("--use-hostnames", action="store_true", help="servers by host name, not IP")
+    plan.add_argument("--user", default="", help="HAProxy's user, if the config sets one")
+    plan.add_argument("--group", default="", help="HAProxy's group, if the config sets one")
+    plan.add_argument("--stats-port", type=int, default=3212)
+    plan.add_argument("--stats-backend-port", type=int, default=32012)
+    plan.add_argument("--config-file", default="/etc/haproxy/haproxy.cfg")
+    plan.add_argument("--haproxy-mode", choices=("managed", "external"), default="managed")
+    plan.add_argument("--master-socket", default="/var/run/sidecar/haproxy-master.sock")
+    plan.add_argument("--admin-socket", default="/var/run/haproxy_stats.sock")
+    plan.add_argument("--interface", default="lo", help="where the bind IP lives (lo)")
+
+
+class _PlanError(Exception):
+    """Something `sidecar plan` cannot work without; the message says what and where."""
+
+
+def _read_state(args: argparse.Namespace) -> bytes:
+    if args.state == "-":
+        return sys.stdin.buffer.read()
+    if args.state:
+        try:
+            with open(args.state, "rb") as document:
+                return document.read()
+        except OSError as exc:
+            raise _PlanError(f"cannot read {args.state}: {exc.strerror}") from None
+    return asyncio.run(_fetch_state(args.api.rstrip("/") + "/api/state.json"))
+
+
+async def _fetch_state(url: str) -> bytes:
+    import aiohttp
+
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(url) as reply,
+        ):
+            if reply.status != 200:
+                raise _PlanError(f"{url} answered {reply.status} {reply.reason}")
+            return await reply.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _PlanError(
+            f"cannot read the cluster state from {url}: {exc or type(exc).__name__} "
+            "(is the sidecar daemon running? --state FILE reads a saved state)"
+        ) from None
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sidecar.adapters.haproxy import Haproxy, HaproxyOptions
+    from sidecar.adapters.ipbind import IpBinder, IpBindError
+    from sidecar.reconcile import report
+    from sidecar.reconcile.desired import HaproxySettings, TemplateError, desired
+    from sidecar.reconcile.plans import plan
+    from sidecar.state import views
+
+    def fail(message: str) -> int:
+        print(f"sidecar plan: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        state = codec.decode_state(_read_state(args))
+        template = None
+        if args.template:
+            try:
+                template = Path(args.template).read_text()
+            except OSError as exc:
+                raise _PlanError(f"cannot read {args.template}: {exc.strerror}") from None
+        settings = HaproxySettings(
+            bind_ip=args.bind_ip,
+            use_hostnames=args.use_hostnames,
+            user=args.user,
+            group=args.group,
+            admin_socket=args.admin_socket,
+            stats_port=args.stats_port,
+            stats_backend_port=args.stats_backend_port,
+            template=template,
+            template_name=args.template or "the shipped template",
+        )
+        table = views.routing_table(state)
+        want = desired(table, settings)
+        options = HaproxyOptions(
+            config_file=Path(args.config_file),
+            master_socket=Path(args.master_socket),
+            admin_socket=Path(args.admin_socket),
+            mode=args.haproxy_mode,
+        )
+        actual = asyncio.run(Haproxy(options).read_actual())
+        if not actual.running:
+            where = options.master_socket if options.mode == "managed" else options.admin_socket
+            raise _PlanError(
+                f"HAProxy does not answer on {where} ({options.mode} mode); nothing to compare "
+                "with (is the daemon running? --haproxy-mode/--master-socket/--admin-socket "
+                "say where to look)"
+            )
+        bound = IpBinder(args.interface).bound()
+    except (_PlanError, codec.RecordRejected, TemplateError, IpBindError) as exc:
+        prefix = "the cluster state was refused: " if isinstance(exc, codec.RecordRejected) else ""
+        return fail(f"{prefix}{exc}")
+    actual = dataclasses.replace(actual, bound_ips=bound)
+    actions = plan(want, actual)
+    document = report.plan_report(
+        want, actual, actions, table.excluded, config_file=args.config_file
+    )
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        sys.stdout.write(report.render_text(document))
+    return PLAN_PENDING if actions else 0

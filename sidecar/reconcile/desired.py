@@ -10,6 +10,7 @@ render raises `TemplateError` naming the template and the problem.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Final
@@ -164,6 +165,17 @@ def _address(ip: str) -> str:
     return f"[{ip}]" if ":" in ip else ip
 
 
+def _needs_no_binding(ip: str) -> bool:
+    """Whether HAProxy can bind `ip` without adding it anywhere: all interfaces (empty,
+    0.0.0.0, ::) or loopback, which the kernel treats as local across 127.0.0.0/8."""
+    if ip in ("", "0.0.0.0", "::"):
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
 def desired(table: RoutingTable, settings: HaproxySettings) -> Desired:
     """Return the HAProxy config for the routing table, with its structure.
 
@@ -204,5 +216,5 @@ def desired(table: RoutingTable, settings: HaproxySettings) -> Desired:
         )
     except jinja2.TemplateError as exc:
         raise TemplateError(f"{settings.template_name}: {exc}") from None
-    bind_ips = () if settings.bind_ip in ("", "0.0.0.0") else (settings.bind_ip,)
+    bind_ips = () if _needs_no_binding(settings.bind_ip) else (settings.bind_ip,)
     return Desired(config, tuple(frontends), tuple(backends.values()), bind_ips)

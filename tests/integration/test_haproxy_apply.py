@@ -230,7 +230,9 @@ BROKEN_OUTPUT = "{{ shipped }}\nfrontend broken\n\tno_such_directive 42\n"
     ("template", "expected"),
     [
         pytest.param("{{ no_such_variable }}", "'no_such_variable' is undefined", id="render"),
-        pytest.param("frontend broken\n\tno_such_directive 42\n", "no_such_directive", id="haproxy"),
+        pytest.param(
+            "frontend broken\n\tno_such_directive 42\n", "no_such_directive", id="haproxy"
+        ),
     ],
 )
 def test_a_bad_template_keeps_the_running_config(site, backend, template, expected):
@@ -404,9 +406,7 @@ def test_a_second_adapter_adopts_the_running_master(site, backend):
     asyncio.run(scenario())
 
 
-def test_external_mode_reloads_with_the_go_command_and_changes_servers_at_runtime(
-    site, backend
-):
+def test_external_mode_reloads_with_the_go_command_and_changes_servers_at_runtime(site, backend):
     options, settings = site
     options = replace(options, mode="external")
     a, b = backend("h1", "a1"), backend("h2", "b2")

@@ -12,7 +12,7 @@ from sidecar.state import merge, times, views
 from sidecar.state.model import ClusterState, Port, Service, Status
 
 T0 = 1_700_000_000 * times.NANOS_PER_SECOND
-SETTINGS = HaproxySettings(bind_ip="127.0.0.77")
+SETTINGS = HaproxySettings(bind_ip="192.168.168.168")
 
 records = st.lists(
     st.builds(

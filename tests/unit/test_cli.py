@@ -39,7 +39,7 @@ def test_decode_names_the_field_go_would_refuse(capsys, monkeypatch):
     assert "Service.status" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["run", "plan"])
+@pytest.mark.parametrize("command", ["run"])
 def test_commands_not_built_yet_say_so(command, capsys):
     assert cli.main([command]) == 1
     assert "not built yet" in capsys.readouterr().err

@@ -109,8 +109,13 @@ def test_user_and_group_lines_only_when_set():
     assert "\tuser" not in render(record()).config
 
 
-def test_binding_on_all_interfaces_needs_no_address():
-    assert render(record(), settings=HaproxySettings(bind_ip="0.0.0.0")).bind_ips == ()
+@pytest.mark.parametrize("ip", ["0.0.0.0", "", "::", "127.0.0.55", "::1"])
+def test_binding_on_all_interfaces_or_loopback_needs_no_address(ip):
+    assert render(record(), settings=HaproxySettings(bind_ip=ip)).bind_ips == ()
+
+
+def test_any_other_bind_ip_is_to_be_bound():
+    assert render(record(), settings=HaproxySettings(bind_ip="10.1.2.3")).bind_ips == ("10.1.2.3",)
 
 
 def test_the_same_state_gives_the_same_bytes_whatever_the_order():

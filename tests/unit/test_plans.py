@@ -9,7 +9,7 @@ from sidecar.state import merge, times, views
 from sidecar.state.model import ClusterState, Port, Service, Status
 
 T0 = 1_700_000_000 * times.NANOS_PER_SECOND
-SETTINGS = HaproxySettings(bind_ip="127.0.0.77")
+SETTINGS = HaproxySettings(bind_ip="192.168.168.168")
 
 
 def svc(host, sid, port=30001, service_port=8080, ip="10.0.0.1"):
@@ -42,7 +42,7 @@ def kinds(actions):
 def test_nothing_running_binds_writes_and_starts():
     actions = plans.plan(want(svc("h1", "a1")), Actual())
     assert [a.kind for a in actions] == ["bind", "write", "start"]
-    assert actions[0].address == "127.0.0.77"
+    assert actions[0].address == "192.168.168.168"
     assert "not on the interface" in actions[0].reason
 
 
@@ -109,7 +109,7 @@ backend {{ frontend.backend }}
 
 
 def test_a_new_server_in_a_backend_with_cookies_is_a_reload():
-    settings = HaproxySettings(bind_ip="127.0.0.77", template=COOKIE_TEMPLATE)
+    settings = HaproxySettings(bind_ip="192.168.168.168", template=COOKIE_TEMPLATE)
 
     def with_cookies(*records):
         state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
@@ -139,4 +139,6 @@ def test_a_changed_server_option_is_a_reload():
 
 def test_describe_says_what_and_why():
     actions = plans.plan(want(svc("h1", "a1"), svc("h2", "b2")), running(svc("h1", "a1")))
-    assert actions[0].describe() == "add-server web-8080/h2-b2 10.0.0.1:30001  (h2-b2 joined web-8080)"
+    assert (
+        actions[0].describe() == "add-server web-8080/h2-b2 10.0.0.1:30001  (h2-b2 joined web-8080)"
+    )
