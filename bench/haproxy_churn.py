@@ -148,6 +148,17 @@ def kill_pids(pids: Sequence[int], *, grace: float = 3.0) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+def listen_overflows() -> int:
+    """Return the kernel's TcpExt ListenOverflows (system-wide): SYNs dropped because an
+    accept queue was full, each costing the client a 1 s SYN retransmission."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            row = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(row.get("ListenOverflows", 0))
+    return 0
+
+
 def stop_popen(proc: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -372,6 +383,8 @@ class Run:
     wrk: WrkFigures = field(default_factory=WrkFigures)
     changes: int = 0
     change_times: list[float] = field(default_factory=list)  # seconds per change
+    joins: list[bool] = field(default_factory=list)  # per change: an instance joined
+    listen_overflows: int = 0  # system-wide TcpExt ListenOverflows during the load
     reloads: int = 0
     master_reloads: int | None = None
     runtime_ops: int = 0
@@ -404,6 +417,7 @@ async def run_ours(
     bind_ip: str,
     stats_ports: tuple[int, int],
     tables: Sequence[views.RoutingTable],
+    whats: Sequence[str],
     args: argparse.Namespace,
 ) -> Run:
     run = Run("ours (runtime)")
@@ -446,10 +460,11 @@ async def run_ours(
             dataclasses.replace(reconciler.stats),
             dataclasses.replace(haproxy.counters),
         )
+        overflows = listen_overflows()
         wrk.start()
         await asyncio.sleep(WARMUP)
         deadline = time.monotonic() + args.time_limit
-        for table in tables[1:]:
+        for table, what in zip(tables[1:], whats[1:], strict=True):
             if time.monotonic() > deadline:
                 run.notes.append(f"time limit reached after {run.changes} changes")
                 break
@@ -459,6 +474,7 @@ async def run_ours(
                 outcome = await reconciler.settled()
             run.change_times.append(time.perf_counter() - began)
             run.changes += 1
+            run.joins.append(what.startswith("+"))
             if outcome is not None and outcome.error is not None:
                 run.errors.append(outcome.error)
             if outcome is not None and outcome.fallback:
@@ -466,6 +482,7 @@ async def run_ours(
             await asyncio.sleep(args.interval)
         await asyncio.sleep(TAIL)
         run.wrk = await asyncio.to_thread(wrk.stop)
+        run.listen_overflows = listen_overflows() - overflows
         after = await haproxy.proc_info()
         run.reloads = reconciler.stats.reloads - stats.reloads
         run.runtime_ops = reconciler.stats.runtime_ops - stats.runtime_ops
@@ -549,6 +566,7 @@ async def run_naive(
     bind_ip: str,
     stats_ports: tuple[int, int],
     tables: Sequence[views.RoutingTable],
+    whats: Sequence[str],
     args: argparse.Namespace,
 ) -> Run:
     run = Run("naive (reload)")
@@ -569,10 +587,11 @@ async def run_naive(
             raise RuntimeError(f"HAProxy did not start: {error}")
         if not await _wait_http(url, 5.0):
             raise RuntimeError(f"HAProxy does not serve {url}")
+        overflows = listen_overflows()
         wrk.start()
         await asyncio.sleep(WARMUP)
         deadline = time.monotonic() + args.time_limit
-        for table in tables[1:]:
+        for table, what in zip(tables[1:], whats[1:], strict=True):
             if time.monotonic() > deadline:
                 run.notes.append(f"time limit reached after {run.changes} changes")
                 break
@@ -580,6 +599,7 @@ async def run_naive(
             error = await go.write_and_reload(table)
             run.change_times.append(time.perf_counter() - began)
             run.changes += 1
+            run.joins.append(what.startswith("+"))
             if error is None:
                 run.reloads += 1
             else:
@@ -587,6 +607,7 @@ async def run_naive(
             await asyncio.sleep(args.interval)
         await asyncio.sleep(TAIL)
         run.wrk = await asyncio.to_thread(wrk.stop)
+        run.listen_overflows = listen_overflows() - overflows
         run.notes.append(
             f"{len(go.seen)} HAProxy processes in all, at most {go.most_alive} alive at once"
         )
@@ -708,7 +729,17 @@ def report(runs: Sequence[Run], args: argparse.Namespace, render: RenderFigures 
             f"read {w.read}, write {w.write}, timeout {w.timeout}"
         )
         if r.change_times:
-            print(f"  {r.changes} changes, each applied in {_ms_text(r.change_times)}")
+            joins = [t for t, j in zip(r.change_times, r.joins, strict=True) if j]
+            leaves = [t for t, j in zip(r.change_times, r.joins, strict=True) if not j]
+            print(
+                f"  {r.changes} changes, each applied in {_ms_text(r.change_times)}"
+                + (f"; joins {_ms_text(joins)}" if joins else "")
+                + (f"; leaves {_ms_text(leaves)}" if leaves else "")
+            )
+        print(
+            f"  kernel listen overflows (system-wide) during the load: {r.listen_overflows}"
+            " (each a 1 s SYN retransmission to a backend)"
+        )
         if r.master_reloads is not None:
             print(
                 f"  reloads: loop {r.reloads}, master's counter +{r.master_reloads}; "
@@ -751,13 +782,13 @@ async def churn(
     stats = [pick_port("0.0.0.0", rng, taken) for _ in range(4)]
     runs = []
     print(f"ours on {bind_ips[0]}:{SERVICE_PORT} (stats {stats[0]}/{stats[1]}) ...")
-    runs.append(await run_ours(root, bind_ips[0], (stats[0], stats[1]), tables, args))
+    runs.append(await run_ours(root, bind_ips[0], (stats[0], stats[1]), tables, what, args))
     if not backends.all_running():
         raise RuntimeError("a backend process stopped during the run")
     if not args.skip_naive:
         print(f"naive on {bind_ips[1]}:{SERVICE_PORT} (stats {stats[2]}/{stats[3]}) ...")
         await asyncio.sleep(1.0)  # let the first HAProxy's last processes go
-        runs.append(await run_naive(root, bind_ips[1], (stats[2], stats[3]), tables, args))
+        runs.append(await run_naive(root, bind_ips[1], (stats[2], stats[3]), tables, what, args))
         if not backends.all_running():
             raise RuntimeError("a backend process stopped during the run")
     return runs

@@ -18,6 +18,10 @@ Fixtures:
 - `loopback`: hands out free 127.0.0.x addresses and ports.
 - `wait_until(probe, what=..., timeout=...)`: polls, bounded in count and time.
 - `http_get(url)`: one GET to a loopback address (refuses any other), no proxies.
+- `backend(host, sid, service_port=8080)` (a factory): a busybox httpd on a fresh 127.0.0.x
+  answering with its own name, as a `haproxy_kit.Backend`.
+- `haproxy_site`: (HaproxyOptions, HaproxySettings) for a test's own HAProxy: files and
+  sockets in tmp_path, a fresh 127.0.0.x bind IP, free stats ports.
 """
 
 from __future__ import annotations
@@ -396,3 +400,54 @@ def run_container(
         for container in reversed(made):
             with contextlib.suppress(NotFound):
                 container.remove(force=True)
+
+
+# ---------------------------------------------------------------- HAProxy
+
+
+@pytest.fixture
+def backend(spawn, loopback, tmp_path):
+    """Factory: a busybox httpd on a fresh 127.0.0.x answering `/` with its own name."""
+    count = 0
+
+    def make(host: str, sid: str, service_port: int = 8080) -> Any:
+        from .haproxy_kit import Backend
+
+        nonlocal count
+        count += 1
+        ip = loopback.address()
+        port = loopback.port(ip)
+        root = tmp_path / f"www-{count}"
+        root.mkdir()
+        made = Backend(host, sid, ip, port, service_port)
+        (root / "index.html").write_text(made.name)
+        spawn.start(
+            ["busybox", "httpd", "-f", "-p", f"{ip}:{port}", "-h", str(root)], name=made.name
+        )
+        wait_for(lambda: http_request(f"http://{ip}:{port}/").status == 200, what=made.name)
+        return made
+
+    return make
+
+
+@pytest.fixture
+def haproxy_site(tmp_path, loopback):
+    """Where this test's HAProxy lives: options, and settings with free stats ports."""
+    from sidecar.adapters.haproxy import HaproxyOptions
+    from sidecar.reconcile.desired import HaproxySettings
+
+    bind_ip = loopback.address()
+    options = HaproxyOptions(
+        config_file=tmp_path / "haproxy" / "haproxy.cfg",
+        pid_file=tmp_path / "haproxy" / "haproxy.pid",
+        master_socket=tmp_path / "haproxy" / "master.sock",
+        admin_socket=tmp_path / "haproxy" / "admin.sock",
+        drain_timeout=0.3,
+    )
+    settings = HaproxySettings(
+        bind_ip=bind_ip,
+        admin_socket=str(options.admin_socket),
+        stats_port=loopback.port(),
+        stats_backend_port=loopback.port(),
+    )
+    return options, settings

@@ -14,7 +14,7 @@ from sidecar.state import codec, merge
 from sidecar.state.model import ClusterState
 
 from .conftest import REPO
-from .test_haproxy_apply import T0, apply, backend, reconciling, site  # noqa: F401 (fixtures)
+from .haproxy_kit import T0, apply, reconciling
 
 pytestmark = pytest.mark.haproxy
 
@@ -67,9 +67,9 @@ def snapshot(directory):
 
 
 def test_plan_is_empty_when_converged_and_shows_the_change_when_the_state_moves(
-    site, backend, tmp_path
+    haproxy_site, backend, tmp_path
 ):
-    options, settings = site
+    options, settings = haproxy_site
     a, b = backend("h1", "a1"), backend("h2", "b2")
     api = backend("h3", "c3", service_port=9000)
 
@@ -112,8 +112,8 @@ def test_plan_is_empty_when_converged_and_shows_the_change_when_the_state_moves(
     asyncio.run(scenario())
 
 
-def test_plan_previews_a_template_and_lists_excluded_instances(site, backend, tmp_path):
-    options, settings = site
+def test_plan_previews_a_template_and_lists_excluded_instances(haproxy_site, backend, tmp_path):
+    options, settings = haproxy_site
     a = backend("h1", "a1")
     bad = a.record().model_copy(update={"id": "z9", "proxy_mode": "bogus", "hostname": "h9"})
     template = tmp_path / "mine.j2"
@@ -129,14 +129,14 @@ def test_plan_previews_a_template_and_lists_excluded_instances(site, backend, tm
             assert code == 2, (out, err)
             assert "+# my template" in out
             assert "+# web-8080" in out
-            assert "h9/z9 (web)" in out and "bogus" in out
-            assert "write" in out and "reload" in out
+            assert "h9/z9 (web): ProxyMode 'bogus'" in out
+            assert "one reload" in out
 
     asyncio.run(scenario())
 
 
-def test_plan_reads_the_state_from_the_daemon_api(site, backend, tmp_path, loopback):
-    options, settings = site
+def test_plan_reads_the_state_from_the_daemon_api(haproxy_site, backend, tmp_path, loopback):
+    options, settings = haproxy_site
     a = backend("h1", "a1")
     body = state_file(tmp_path / "state.json", a.record()).read_bytes()
 
@@ -172,8 +172,10 @@ def test_plan_reads_the_state_from_the_daemon_api(site, backend, tmp_path, loopb
     assert "Nothing to change" in out
 
 
-def test_plan_says_clearly_when_haproxy_or_the_daemon_does_not_answer(site, tmp_path, loopback):
-    options, settings = site
+def test_plan_says_clearly_when_haproxy_or_the_daemon_does_not_answer(
+    haproxy_site, tmp_path, loopback
+):
+    options, settings = haproxy_site
     path = state_file(tmp_path / "state.json")
 
     code, out, err = asyncio.run(sidecar(*plan_args(options, settings, "--state", str(path))))
