@@ -103,7 +103,8 @@ defaults
 backend {{ frontend.backend }}
 \tcookie SRV insert
 {%- for server in backends[frontend.backend].servers %}
-\tserver {{ server.name }} {{ server.address }}:{{ server.port }} cookie {{ server.cookie }} weight 10
+\tserver {{ server.name }} {{ server.address }}:{{ server.port }} {{ ""
+}}cookie {{ server.cookie }} weight 10
 {%- endfor %}
 {% endfor %}"""
 
