@@ -841,6 +841,9 @@ def main() -> None:
             print(f"render + plan at 10,000 services, {args.repeat} repeats ...")
             render = render_and_plan(10_000, args.repeat)
             report(runs, args, render)
+    except KeyboardInterrupt:
+        print("interrupted; stopping everything it started", flush=True)
+        raise SystemExit(130) from None
     finally:
         if backends is not None:
             backends.stop()

@@ -1,0 +1,231 @@
+"""The reconcile loop against an in-memory HAProxy (the plan model): debounce, observe-only,
+and what each kind of failure leads to. The real HAProxy is in tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import replace
+
+import pytest
+
+from sidecar.reconcile import loop as loop_module
+from sidecar.reconcile import plans
+from sidecar.reconcile.desired import HaproxySettings
+from sidecar.reconcile.errors import ConfigRejected, RuntimeRefused, ServerBusy
+from sidecar.reconcile.loop import Reconciler
+from sidecar.state import merge, times, views
+from sidecar.state.model import ClusterState, Port, Service, Status
+
+T0 = 1_700_000_000 * times.NANOS_PER_SECOND
+SETTINGS = HaproxySettings(bind_ip="192.168.168.168")
+
+
+def svc(sid: str, port: int = 30001, service_port: int = 8080) -> Service:
+    return Service(
+        id=sid,
+        name="web",
+        image="web:1",
+        created=T0,
+        hostname="h1",
+        ports=(Port(type="tcp", port=port, service_port=service_port, ip="10.0.0.1"),),
+        updated=T0,
+        proxy_mode="http",
+        status=Status.ALIVE,
+    )
+
+
+def table(*records: Service):
+    state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
+    return views.routing_table(state)
+
+
+class ModelHaproxy:
+    """HAProxy as the plan model says it behaves; records every call; can be told to fail."""
+
+    def __init__(self) -> None:
+        self.actual = plans.Actual()
+        self.calls: list[str] = []
+        self.fail: dict[str, Exception] = {}
+
+    def _do(self, action: plans.Action) -> None:
+        self.calls.append(action.kind)
+        if action.kind in self.fail:
+            raise self.fail.pop(action.kind)
+        self.actual = plans.apply(self.actual, (action,))
+
+    async def read_actual(self) -> plans.Actual:
+        return replace(self.actual, bound_ips=frozenset())
+
+    async def write(self, config: str) -> None:
+        self._do(plans.Action("write", "", config=config))
+
+    async def start(self) -> None:
+        self._do(plans.Action("start", ""))
+
+    async def reload(self) -> None:
+        self._do(plans.Action("reload", ""))
+
+    async def add_server(self, backend, server, address, port, options) -> None:
+        self._do(plans.Action("add-server", "", backend, server, address, port, options))
+
+    async def enable_server(self, backend, server) -> None:
+        self._do(plans.Action("enable-server", "", backend, server))
+
+    async def del_server(self, backend, server) -> None:
+        self._do(plans.Action("del-server", "", backend, server))
+
+    async def set_server_addr(self, backend, server, address, port) -> None:
+        self._do(plans.Action("set-server-addr", "", backend, server, address, port))
+
+
+class Addresses:
+    def __init__(self) -> None:
+        self.ips: set[str] = set()
+
+    def bound(self) -> frozenset[str]:
+        return frozenset(self.ips)
+
+    def bind(self, ip: str) -> bool:
+        self.ips.add(ip)
+        return True
+
+
+@contextlib.asynccontextmanager
+async def running(haproxy, **kwargs):
+    reconciler = Reconciler(haproxy, Addresses(), SETTINGS, **kwargs)
+    task = asyncio.create_task(reconciler.run())
+    try:
+        yield reconciler
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def test_a_burst_of_changes_is_one_apply_of_the_last_table():
+    haproxy = ModelHaproxy()
+
+    async def scenario():
+        async with running(haproxy, min_wait=0.2, max_wait=2.0) as reconciler:
+            for n in range(10):
+                reconciler.update(table(*(svc(f"s{i}", 30000 + i) for i in range(n + 1))))
+                await asyncio.sleep(0.005)
+            await reconciler.settled()
+            return reconciler
+
+    reconciler = asyncio.run(scenario())
+    assert haproxy.calls == ["bind", "write", "start"]
+    assert reconciler.stats.applies == 1
+    assert len(haproxy.actual.servers["web-8080"]) == 10
+
+
+def test_changes_that_never_pause_are_applied_at_least_every_max_wait():
+    haproxy = ModelHaproxy()
+
+    async def scenario():
+        async with running(haproxy, min_wait=0.1, max_wait=0.3) as reconciler:
+            for n in range(40):  # a change every 25 ms for a second: never quiet for 100 ms
+                reconciler.update(table(*(svc(f"s{i}", 30000 + i) for i in range(n + 1))))
+                await asyncio.sleep(0.025)
+            await reconciler.settled()
+            return reconciler
+
+    reconciler = asyncio.run(scenario())
+    assert 2 <= reconciler.stats.applies <= 8, reconciler.stats
+    assert len(haproxy.actual.servers["web-8080"]) == 40  # the last table won
+
+
+def test_observe_only_plans_and_touches_nothing():
+    haproxy = ModelHaproxy()
+
+    async def scenario():
+        async with running(haproxy, apply=False) as reconciler:
+            reconciler.update(table(svc("s1")))
+            return await reconciler.settled()
+
+    outcome = asyncio.run(scenario())
+    assert haproxy.calls == []
+    assert not outcome.applied
+    assert [a.kind for a in outcome.actions] == ["bind", "write", "start"]
+
+
+def test_a_template_that_fails_is_reported_and_nothing_is_done():
+    haproxy = ModelHaproxy()
+
+    async def scenario():
+        async with running(haproxy) as reconciler:
+            reconciler.settings = replace(SETTINGS, template="{{ nope }}", template_name="t.j2")
+            reconciler.update(table(svc("s1")))
+            return await reconciler.settled(), reconciler
+
+    outcome, reconciler = asyncio.run(scenario())
+    assert haproxy.calls == []
+    assert outcome.error.startswith("t.j2: ")
+    assert reconciler.stats.failures == 1
+
+
+def test_a_rejected_config_stops_the_plan_before_it_reloads():
+    haproxy = ModelHaproxy()
+
+    async def scenario():
+        async with running(haproxy) as reconciler:
+            reconciler.update(table(svc("s1")))
+            await reconciler.settled()
+            haproxy.fail["write"] = ConfigRejected("HAProxy refused the new config: [ALERT] x")
+            reconciler.update(table(svc("s1"), svc("s2", service_port=9000)))
+            return await reconciler.settled()
+
+    outcome = asyncio.run(scenario())
+    assert haproxy.calls[-1] == "write"
+    assert "reload" not in haproxy.calls
+    assert "[ALERT] x" in outcome.error
+
+
+def test_a_refused_runtime_command_falls_back_to_write_and_reload():
+    haproxy = ModelHaproxy()
+
+    async def scenario():
+        async with running(haproxy) as reconciler:
+            reconciler.update(table(svc("s1")))
+            await reconciler.settled()
+            haproxy.fail["add-server"] = RuntimeRefused("'add server web-8080/h1-s2': nope")
+            reconciler.update(table(svc("s1"), svc("s2", 30002)))
+            return await reconciler.settled(), reconciler
+
+    outcome, reconciler = asyncio.run(scenario())
+    assert outcome.error is None
+    assert outcome.fallback
+    assert haproxy.calls[-3:] == ["add-server", "write", "reload"]
+    assert set(haproxy.actual.servers["web-8080"]) == {"h1-s1", "h1-s2"}
+    assert reconciler.stats.fallbacks == 1
+
+
+def test_a_busy_server_is_retried_without_a_new_change(monkeypatch):
+    monkeypatch.setattr(loop_module, "BUSY_RETRY", 0.05)
+    haproxy = ModelHaproxy()
+
+    async def scenario():
+        async with running(haproxy) as reconciler:
+            reconciler.update(table(svc("s1"), svc("s2", 30002)))
+            await reconciler.settled()
+            haproxy.fail["del-server"] = ServerBusy("web-8080/h1-s2 still has requests")
+            reconciler.update(table(svc("s1")))
+            busy = await reconciler.settled()
+            for _ in range(100):
+                if "h1-s2" not in haproxy.actual.servers["web-8080"]:
+                    break
+                await asyncio.sleep(0.02)
+            return busy, reconciler
+
+    busy, reconciler = asyncio.run(scenario())
+    assert "still has requests" in busy.error
+    assert haproxy.calls.count("del-server") == 2
+    assert set(haproxy.actual.servers["web-8080"]) == {"h1-s1"}
+    assert reconciler.stats.failures == 0
+    assert "reload" not in haproxy.calls
+
+
+def test_min_wait_may_not_exceed_max_wait():
+    with pytest.raises(ValueError, match="min_wait <= max_wait"):
+        Reconciler(ModelHaproxy(), None, SETTINGS, min_wait=2.0, max_wait=1.0)
