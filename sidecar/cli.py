@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 from sidecar import __version__, simulate
@@ -315,7 +316,7 @@ def _plan(args: argparse.Namespace) -> int:
             template_name=args.template or "the shipped template",
         )
         table = views.routing_table(state)
-        want = desired(table, settings)
+        want = desired(table, settings, now=time.time_ns())
         options = HaproxyOptions(
             config_file=Path(args.config_file),
             master_socket=Path(args.master_socket),

@@ -17,6 +17,7 @@ from typing import Final
 
 import jinja2
 
+from sidecar.state.times import format_time
 from sidecar.state.views import RoutingTable
 
 _UNSAFE_NAME_CHARACTER: Final = re.compile(r"[^a-z0-9-]")
@@ -159,6 +160,18 @@ _ENVIRONMENT: Final = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
 )
+_ENVIRONMENT.filters["sanitize_name"] = sanitize_name
+
+
+def render_time(nanos: int) -> str:
+    """Return a time as Go's `time.Time.String()` prints it in UTC (the Go template's `now`),
+    e.g. `2023-01-02 03:04:05.123456789 +0000 UTC`."""
+    return format_time(nanos).replace("T", " ").removesuffix("Z") + " +0000 UTC"
+
+
+RENDERED_TIME: Final = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,9})? \+0000 UTC")
+"""What `render_time` writes: configs are compared with these masked, so a template that
+prints `now` does not make every render a change."""
 
 
 def _address(ip: str) -> str:
@@ -176,10 +189,11 @@ def _needs_no_binding(ip: str) -> bool:
         return False
 
 
-def desired(table: RoutingTable, settings: HaproxySettings) -> Desired:
+def desired(table: RoutingTable, settings: HaproxySettings, *, now: int = 0) -> Desired:
     """Return the HAProxy config for the routing table, with its structure.
 
-    Pure. Raises TemplateError for a user template that fails to compile or render.
+    Pure. `now` (ns since the epoch) is only seen by a template that prints `{{ now }}`.
+    Raises TemplateError for a user template that fails to compile or render.
     """
     frontends: list[Frontend] = []
     backends: dict[str, Backend] = {}
@@ -213,6 +227,7 @@ def desired(table: RoutingTable, settings: HaproxySettings) -> Desired:
             stats_port=settings.stats_port,
             stats_backend_port=settings.stats_backend_port,
             bind_ip=settings.bind_ip,
+            now=render_time(now),
         )
     except jinja2.TemplateError as exc:
         raise TemplateError(f"{settings.template_name}: {exc}") from None

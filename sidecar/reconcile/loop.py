@@ -198,7 +198,7 @@ class Reconciler:
 
     async def _reconcile(self, table: RoutingTable) -> Outcome:
         try:
-            want = desired(table, self.settings)
+            want = desired(table, self.settings, now=time.time_ns())
         except TemplateError as exc:
             return self._finish(Outcome((), error=str(exc)), retry="next-change")
         self.last_desired = want

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from sidecar.reconcile.desired import Desired
+from sidecar.reconcile.desired import RENDERED_TIME, Desired
 
 Address = tuple[str, int]
 Servers = Mapping[str, Mapping[str, Address]]  # backend -> server name -> (address, port)
@@ -101,8 +101,15 @@ def servers_in(config: str) -> dict[str, dict[str, Address]]:
 
 
 def without_servers(config: str) -> str:
-    """Return the config with its `server` lines removed: what a reload would change."""
-    return "\n".join(line for line in config.splitlines() if _SERVER.match(line) is None)
+    """Return the config with its `server` lines removed and rendered times masked: what a
+    reload would change."""
+    lines = (line for line in config.splitlines() if _SERVER.match(line) is None)
+    return RENDERED_TIME.sub("<now>", "\n".join(lines))
+
+
+def same_file(a: str | None, b: str) -> bool:
+    """Return whether two configs are the same but for rendered times."""
+    return a is not None and RENDERED_TIME.sub("<now>", a) == RENDERED_TIME.sub("<now>", b)
 
 
 def runtime_options(options: tuple[str, ...]) -> tuple[str, ...]:
@@ -224,7 +231,7 @@ def plan(desired: Desired, actual: Actual) -> tuple[Action, ...]:
         actions.append(Action("reload", reload_reason))
         return tuple(actions)
     actions.extend(_server_actions(server_specs(desired.config), actual))
-    if actual.config != desired.config:
+    if not same_file(actual.config, desired.config):
         reason = "servers changed" if len(actions) else "the file differs from what runs"
         actions.append(
             Action("write", f"{reason}: keep the file in step (no reload)", config=desired.config)

@@ -175,3 +175,10 @@ def test_no_string_in_any_field_adds_a_directive(field, value):
     if skeleton(result.config) == EMPTY:
         state = merge.merge_record(ClusterState(hostname="me"), changed, now=T0).state
         assert views.routing_table(state).excluded  # left out, and reported
+
+
+def test_user_templates_get_the_sanitize_name_filter():
+    settings = HaproxySettings(
+        template="{% for f in frontends %}{{ f.service | sanitize_name }}{% endfor %}"
+    )
+    assert render(record(name="My.Svc"), settings=settings).config == "-y--vc"

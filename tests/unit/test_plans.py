@@ -143,3 +143,30 @@ def test_describe_says_what_and_why():
     assert (
         actions[0].describe() == "add-server web-8080/h2-b2 10.0.0.1:30001  (h2-b2 joined web-8080)"
     )
+
+
+NOW_TEMPLATE = """\
+# written at {{ now }}
+{% for frontend in frontends %}
+backend {{ frontend.backend }}
+{%- for server in backends[frontend.backend].servers %}
+\tserver {{ server.name }} {{ server.address }}:{{ server.port }}
+{%- endfor %}
+{% endfor %}"""
+
+
+def test_a_template_that_prints_now_is_not_a_change_every_time():
+    settings = HaproxySettings(bind_ip="192.168.168.168", template=NOW_TEMPLATE)
+
+    def at(now, *records):
+        state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
+        return desired.desired(views.routing_table(state), settings, now=now)
+
+    first = at(T0, svc("h1", "a1"))
+    assert "# written at 2023-11-14 22:13:20 +0000 UTC\n" in first.config
+    before = plans.apply(Actual(), plans.plan(first, Actual()))
+    later = at(T0 + 1_500_000_000, svc("h1", "a1"))
+    assert "22:13:21.5 +0000 UTC" in later.config
+    assert plans.plan(later, before) == ()
+    moved = plans.plan(at(T0 + 2, svc("h1", "a1"), svc("h2", "b2")), before)
+    assert [a.kind for a in moved] == ["add-server", "write"]
