@@ -43,7 +43,7 @@ CLI_TIMEOUT: Final = 5.0
 START_TIMEOUT: Final = 10.0
 RELOAD_TIMEOUT: Final = 15.0
 VALIDATE_TIMEOUT: Final = 30.0
-DRAIN_TIMEOUT: Final = 2.0
+DRAIN_TIMEOUT: Final = 0.2  # then ServerBusy: it stays in maintenance and the loop retries
 _LAST_WORDS: Final = 40
 
 

@@ -10,6 +10,7 @@ render raises `TemplateError` naming the template and the problem.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -178,6 +179,12 @@ def _address(ip: str) -> str:
     return f"[{ip}]" if ":" in ip else ip
 
 
+@functools.lru_cache(maxsize=4)
+def _compiled(text: str) -> jinja2.Template:
+    """Return the template compiled (once per text: compiling takes milliseconds)."""
+    return _ENVIRONMENT.from_string(text)
+
+
 def _needs_no_binding(ip: str) -> bool:
     """Whether HAProxy can bind `ip` without adding it anywhere: all interfaces (empty,
     0.0.0.0, ::) or loopback, which the kernel treats as local across 127.0.0.0/8."""
@@ -217,7 +224,7 @@ def desired(table: RoutingTable, settings: HaproxySettings, *, now: int = 0) -> 
                 )
             )
     try:
-        template = _ENVIRONMENT.from_string(settings.template or SHIPPED_TEMPLATE)
+        template = _compiled(settings.template or SHIPPED_TEMPLATE)
         config = template.render(
             frontends=frontends,
             backends=backends,

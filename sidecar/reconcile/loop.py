@@ -42,7 +42,7 @@ from sidecar.state.views import RoutingTable
 
 log = logging.getLogger("sidecar.reconcile")
 
-BUSY_RETRY = 1.0
+BUSY_RETRY = 0.5
 MAX_BACKOFF = 10.0
 
 
@@ -75,6 +75,7 @@ class Outcome:
     actions: tuple[Action, ...]
     done: tuple[Action, ...] = ()
     error: str | None = None
+    deferred: str | None = None  # a deletion waits for requests in flight; retried soon
     fallback: bool = False  # a runtime command failed and the change was made by reload
     applied: bool = True  # False in observe-only mode
     at: float = 0.0  # time.time() when it finished
@@ -212,7 +213,7 @@ class Reconciler:
         try:
             await self._carry_out(actions, done)
         except ServerBusy as exc:
-            return self._finish(Outcome(actions, tuple(done), error=str(exc)), retry="busy")
+            return self._finish(Outcome(actions, tuple(done), deferred=str(exc)))
         except RuntimeRefused as exc:
             log.warning("runtime API refused a change, reloading instead: %s", exc)
             return await self._fall_back(want, actions, done, str(exc))
@@ -282,18 +283,14 @@ class Reconciler:
             raise ApplyError(f"unknown action {kind!r}")
 
     def _finish(self, outcome: Outcome, *, retry: str = "on-error") -> Outcome:
-        """Record an outcome and when to try again: `on-error` (with backoff), `busy` (soon,
-        no failure counted), `next-change` (a rejected config does not fix itself)."""
+        """Record an outcome and when to try again: soon for a deferred deletion; after a
+        backoff for a failure (`on-error`); at the next change for a rejected config or
+        template (`next-change`: they do not fix themselves)."""
         outcome = replace(outcome, at=time.time())
         self.last = outcome
         if outcome.applied and outcome.actions:
             self.stats.applies += 1
-        if outcome.error is None:
-            self._retry_at, self._backoff = None, 0.5
-        elif retry == "busy":
-            log.info("%s", outcome.error)
-            self._retry_at = self._clock() + BUSY_RETRY
-        else:
+        if outcome.error is not None:
             self.stats.failures += 1
             log.error("HAProxy not updated: %s", outcome.error)
             if retry == "on-error":
@@ -301,4 +298,9 @@ class Reconciler:
                 self._backoff = min(self._backoff * 2, MAX_BACKOFF)
             else:
                 self._retry_at = None
+        elif outcome.deferred is not None:
+            log.info("%s", outcome.deferred)
+            self._retry_at = self._clock() + BUSY_RETRY
+        else:
+            self._retry_at, self._backoff = None, 0.5
         return outcome
