@@ -20,6 +20,7 @@ import errno
 import ipaddress
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -228,3 +229,37 @@ def _cause(exc: NetlinkError | OSError) -> str:
     if isinstance(exc, NetlinkError) and code in _CAPABILITY_ERRNOS:
         return f"{reason} ({CAPABILITY_HINT})"
     return reason
+
+
+def host_ipv4_addresses() -> tuple[str, ...]:
+    """Return every IPv4 address on this host's interfaces, by interface index then as the
+    kernel lists them (the order Go's `net.InterfaceAddrs` gives)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _host_ipv4_addresses_here()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-ipbind") as pool:
+        return pool.submit(_host_ipv4_addresses_here).result()
+
+
+def _host_ipv4_addresses_here() -> tuple[str, ...]:
+    loop = asyncio.new_event_loop()  # see _netlink_here
+    try:
+        try:
+            ipr = IPRoute(use_event_loop=loop)
+        except (NetlinkError, OSError) as exc:
+            raise IpBindError(f"cannot list this host's addresses: {_cause(exc)}") from exc
+        try:
+            found = [
+                (msg.get("index", 0), str(ipaddress.ip_address(value)))
+                for msg in ipr.get_addr(family=socket.AF_INET)
+                if (value := msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
+            ]
+        except (NetlinkError, OSError) as exc:
+            raise IpBindError(f"cannot list this host's addresses: {_cause(exc)}") from exc
+        finally:
+            ipr.close()
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    return tuple(ip for _, ip in sorted(found, key=lambda item: item[0]))

@@ -20,6 +20,7 @@ Labels, as Go reads them:
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -472,3 +473,22 @@ def with_health(observed: Iterable[Observed], health: Mapping[str, Health]) -> l
         service = item.service
         out.append(service if service.status is status else service.with_status(status, updated=0))
     return out
+
+
+_PRIVATE_BLOCKS: Final = tuple(
+    ipaddress.ip_network(block) for block in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+)
+
+
+def choose_advertise_ip(addresses: Iterable[str], *, excluded: Iterable[str] = ()) -> str | None:
+    """Return Go's advertise IP among this host's addresses: the first IPv4 address in an
+    RFC 1918 block (10/8, 172.16/12, 192.168/16) that is not excluded, or None."""
+    skip = set(excluded)
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if address.version == 4 and text not in skip and any(address in b for b in _PRIVATE_BLOCKS):
+            return text
+    return None
