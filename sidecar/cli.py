@@ -28,10 +28,6 @@ from sidecar import __version__, simulate
 from sidecar.state import codec, discovery
 from sidecar.state.discovery import DiscoveryPolicy
 
-NOT_YET = {
-    "run": "the daemon (Docker discovery, health checks, HAProxy, the HTTP API)",
-}
-
 PLAN_PENDING = 2
 
 
@@ -75,8 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     decode.add_argument("file", help="the document, or - for stdin")
     _plan_parser(commands)
-    for name, what in NOT_YET.items():
-        commands.add_parser(name, help=f"{what} (not built yet)")
+    _run_parser(commands)
     return parser
 
 
@@ -91,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "plan":
         return _plan(args)
+    if args.command == "run":
+        return _run(args)
     if args.command == "decode":
         if args.file == "-":
             raw = sys.stdin.buffer.read()
@@ -111,12 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         sys.stdout.write(out.decode() + "\n")
         return 0
-    print(
-        f"sidecar {args.command}: {NOT_YET[args.command]} is not built yet; "
-        "see the README for what runs today (`sidecar simulate`).",
-        file=sys.stderr,
-    )
-    return 1
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse allows no other
 
 
 def _engine_answers(url: str | None) -> bool:
@@ -345,3 +337,163 @@ def _plan(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(report.render_text(document))
     return PLAN_PENDING if actions else 0
+
+
+# ---------------------------------------------------------------- sidecar run
+
+
+def _run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser(
+        "run",
+        help="the daemon: discovery, checks, HAProxy and the HTTP API (Ctrl-C stops)",
+        description=(
+            "Run the sidecar daemon. Configuration: the TOML file (--config), then the "
+            "environment (SIDECAR_*, HAPROXY_*, DOCKER_URL, ...), then these flags."
+        ),
+    )
+    run.add_argument("--config", help="the TOML file (sidecar.toml if it exists)")
+    run.add_argument(
+        "-c", "--cluster-ip", action="append", dest="seeds", help="a seed (repeatable)"
+    )
+    run.add_argument("-a", "--advertise-ip", help="the IP this node announces")
+    run.add_argument("-n", "--cluster-name", help="the cluster's name")
+    run.add_argument(
+        "-d", "--discover", action="append", dest="discovery", help="docker or static (repeatable)"
+    )
+    run.add_argument("-l", "--logging-level", help="debug, info, warn or error")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(*, level: str, json_format: bool) -> None:
+    """Send logs to stderr, as text or one JSON object per line, at `level`."""
+    handler = logging.StreamHandler()
+    if json_format:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel({"warn": logging.WARNING}.get(level, level.upper()))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sidecar import config as configuration
+    from sidecar.adapters.ipbind import IpBindError, host_ipv4_addresses
+    from sidecar.daemon import Daemon
+
+    overrides: dict[str, object] = {}
+    for flag, key in (
+        ("seeds", "sidecar.seeds"),
+        ("advertise_ip", "sidecar.advertise_ip"),
+        ("cluster_name", "sidecar.cluster_name"),
+        ("discovery", "sidecar.discovery"),
+        ("logging_level", "sidecar.logging_level"),
+    ):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    try:
+        config = configuration.load(
+            path=args.config or configuration.config_path(),
+            required=args.config is not None,
+            overrides=overrides,
+        )
+    except configuration.ConfigError as exc:
+        print(f"sidecar run: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(
+        level=config.sidecar.logging_level, json_format=config.sidecar.logging_format == "json"
+    )
+    log = logging.getLogger("sidecar")
+    hostname = config.sidecar.hostname or socket.gethostname()
+    advertise_ip = config.sidecar.advertise_ip
+    if not advertise_ip:
+        try:
+            found = host_ipv4_addresses()
+        except IpBindError as exc:
+            print(f"sidecar run: {exc}", file=sys.stderr)
+            return 1
+        chosen = discovery.choose_advertise_ip(found, excluded=config.sidecar.exclude_ips)
+        if chosen is None:
+            print(
+                "sidecar run: failed to find a private IP address to advertise (this host "
+                f"has {', '.join(found) or 'none'}); set SIDECAR_ADVERTISE_IP or --advertise-ip",
+                file=sys.stderr,
+            )
+            return 1
+        advertise_ip = chosen
+    template = None
+    if config.haproxy.template_file and not config.haproxy.disable:
+        try:
+            with open(config.haproxy.template_file) as text:
+                template = text.read()
+        except OSError as exc:
+            print(
+                f"sidecar run: cannot read haproxy.template_file "
+                f"{config.haproxy.template_file!r}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 1
+    log.info("sidecar %s on %s, advertising %s", __version__, hostname, advertise_ip)
+    for line in configuration.describe(config):
+        log.info("config: %s", line)
+    daemon = Daemon(config, hostname=hostname, advertise_ip=advertise_ip, template=template)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(daemon, args, overrides))
+        await daemon.run(stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:  # the API's address taken, a socket directory not writable, ...
+        log.error("cannot run: %s", exc)
+        return 1
+    return 0
+
+
+def _reload(daemon: object, args: argparse.Namespace, overrides: dict[str, object]) -> None:
+    """SIGHUP: re-read the configuration; apply what can change while running."""
+    from sidecar import config as configuration
+    from sidecar.daemon import Daemon
+
+    assert isinstance(daemon, Daemon)
+    log = logging.getLogger("sidecar")
+    try:
+        config = configuration.load(
+            path=args.config or configuration.config_path(),
+            required=args.config is not None,
+            overrides=overrides,
+        )
+    except configuration.ConfigError as exc:
+        log.error("SIGHUP: configuration not reloaded: %s", exc)
+        return
+    template = None
+    if config.haproxy.template_file:
+        try:
+            with open(config.haproxy.template_file) as text:
+                template = text.read()
+        except OSError as exc:
+            log.error(
+                "SIGHUP: configuration not reloaded: cannot read haproxy.template_file %r: %s",
+                config.haproxy.template_file,
+                exc.strerror,
+            )
+            return
+    changes = daemon.reload(config, template=template)
+    log.info("SIGHUP: %s", "; ".join(changes) or "nothing changed")

@@ -13,6 +13,7 @@ It decides nothing itself: every rule is in `sidecar.state.discovery`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -77,6 +78,8 @@ class HostDiscovery:
         self._observed: dict[str, Observed] = {}
         self._logged_rejections: set[tuple[str, str]] = set()
         self._last: tuple[tuple[Service, ...], tuple[Rejected, ...]] | None = None
+        self.check_results: collections.Counter[str] = collections.Counter()
+        """Check outcomes so far: healthy, unhealthy, unknown (for metrics)."""
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[asyncio.Queue[HostObservation]]:
@@ -151,6 +154,13 @@ class HostDiscovery:
             self._static_rejected = item.rejected
         elif isinstance(item, tuple) and item and item[0] == "check":
             service_id, outcome, _ = item[1]
+            self.check_results[
+                "unknown"
+                if outcome.healthy is None
+                else "healthy"
+                if outcome.healthy
+                else "unhealthy"
+            ] += 1
             observed = self._observed.get(service_id)
             if observed is not None and outcome.healthy is not None:
                 self._health[service_id] = discovery.record_result(

@@ -223,7 +223,7 @@ class Haproxy:
     ) -> None:
         self.options = options
         self.counters = Counters()
-        self._on_exit = on_exit
+        self.on_exit = on_exit
         self._child: _Child | None = None
         self._last_words: collections.deque[str] = collections.deque(maxlen=_LAST_WORDS)
         self._exited = False
@@ -420,8 +420,8 @@ class Haproxy:
             code,
             self._words(),
         )
-        if self._on_exit is not None:
-            self._on_exit(code)
+        if self.on_exit is not None:
+            self.on_exit(code)
 
     async def reload(self) -> None:
         """Reload seamlessly: through the master (managed) or `reload_command` (external).

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from sidecar.reconcile.desired import Desired, HaproxySettings, TemplateError, desired
 from sidecar.reconcile.errors import (
@@ -38,6 +38,9 @@ from sidecar.reconcile.errors import (
     ServerBusy,
 )
 from sidecar.reconcile.plans import Action, Actual, plan
+from sidecar.reconcile.report import plan_report
+from sidecar.state import views
+from sidecar.state.model import ClusterState
 from sidecar.state.views import RoutingTable
 
 log = logging.getLogger("sidecar.reconcile")
@@ -111,6 +114,7 @@ class Reconciler:
         min_wait: float = 0.05,
         max_wait: float = 1.0,
         resync: float = 10.0,
+        config_file: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 <= min_wait <= max_wait:
@@ -120,11 +124,13 @@ class Reconciler:
         self.settings = settings
         self.apply = apply
         self.min_wait, self.max_wait, self.resync = min_wait, max_wait, resync
+        self.config_file = config_file  # named in plan reports
         self.stats = Stats()
         self.last: Outcome | None = None
         self.last_desired: Desired | None = None
         self._clock = clock
-        self._table: RoutingTable | None = None
+        self._table: RoutingTable | ClusterState | None = None
+        self.last_report: dict[str, Any] | None = None
         self._changed = asyncio.Event()
         self._retry_at: float | None = None
         self._backoff = 0.5
@@ -132,9 +138,10 @@ class Reconciler:
         self._generation = 0  # tables handed in
         self._done_generation = 0  # tables applied (or attempted)
 
-    def update(self, table: RoutingTable) -> None:
-        """Hand in the newest routing table; it is applied after the debounce window."""
-        self._table = table
+    def update(self, view: RoutingTable | ClusterState) -> None:
+        """Hand in the newest routing table, or the cluster state to derive it from (then the
+        table is only computed for the state that gets applied, after the debounce)."""
+        self._table = view
         self._generation += 1
         self._changed.set()
 
@@ -197,7 +204,8 @@ class Reconciler:
         bound = await asyncio.to_thread(self.addresses.bound)
         return replace(actual, bound_ips=bound)
 
-    async def _reconcile(self, table: RoutingTable) -> Outcome:
+    async def _reconcile(self, view: RoutingTable | ClusterState) -> Outcome:
+        table = views.routing_table(view) if isinstance(view, ClusterState) else view
         try:
             want = desired(table, self.settings, now=time.time_ns())
         except TemplateError as exc:
@@ -205,6 +213,9 @@ class Reconciler:
         self.last_desired = want
         actual = await self._actual()
         actions = plan(want, actual)
+        self.last_report = plan_report(
+            want, actual, actions, table.excluded, config_file=self.config_file
+        )
         if not self.apply:
             return self._finish(Outcome(actions, applied=False))
         if not actions:

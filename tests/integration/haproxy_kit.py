@@ -75,7 +75,7 @@ async def reconciling(
     haproxy = Haproxy(options)
     addresses = addresses if addresses is not None else Bound(settings.bind_ip)
     reconciler = Reconciler(haproxy, addresses, settings, **kwargs)
-    haproxy._on_exit = reconciler.poke
+    haproxy.on_exit = reconciler.poke
     task = asyncio.create_task(reconciler.run())
     try:
         yield haproxy, reconciler

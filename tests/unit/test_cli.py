@@ -39,12 +39,6 @@ def test_decode_names_the_field_go_would_refuse(capsys, monkeypatch):
     assert "Service.status" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["run"])
-def test_commands_not_built_yet_say_so(command, capsys):
-    assert cli.main([command]) == 1
-    assert "not built yet" in capsys.readouterr().err
-
-
 def test_bad_simulation_arguments_are_refused_with_the_value(capsys):
     with pytest.raises(SystemExit):
         cli.main(["simulate", "--loss", "1.5"])

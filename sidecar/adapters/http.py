@@ -1,0 +1,638 @@
+"""The daemon's HTTP API on aiohttp: Go Sidecar's routes and bytes, plus plan, health, metrics.
+
+No policy: every answer is read from a `Catalog` (implemented by the daemon) and encoded here.
+The Go-compatible documents are built from the core's Go encoders (`codec.service_json`,
+`codec.encode_state`) and, where Go indents, re-indented by `go_indent`, which writes what
+Go's `json.Indent` writes; so `/api/services.json`, `/api/services/<name>.json`,
+`/api/state.json` and `/api/watch` are byte-identical to Go's for the same state (except
+that Go's one-service list and equal-`Updated` ties come out in random order, ours sorted).
+
+Routes (sidecar-behaviour.md §6.1-6.4):
+
+* `GET /api/services.json` (and `/services.json`): every record by name, indented (§1.7).
+* `GET /api/services/<name>.json`: the records of one name, same wrapper, no members.
+* `GET /api/state.json` (and `/state.json`): the whole state, compact (§1.6).
+* `GET /api/watch` (and `/watch`): a stream of documents, the current one at once, then
+  one per change. `by_service=false` gives whole states; `format=ndjson` ends each
+  document with a newline (Go concatenates them with no separator).
+* `POST /api/services/<id>/drain`: from loopback or with `Authorization: Bearer <token>`.
+* `OPTIONS /api/<one segment>`: empty 200 with the CORS headers.
+* `GET /`: 301 to `/ui/`.
+* New: `GET /api/plan`, `GET /api/rejections`, `GET /healthz`, `GET /metrics`.
+
+Errors are Go's `{"message":"...","status":"error"}` (compact, as Go's `json.Marshal`),
+also for unknown paths (404) and wrong methods (405). There is no `/debug/pprof`
+(§12 item 4). Requests are logged at DEBUG on `sidecar.http`; there is no access log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, TypeVar
+
+from aiohttp import web
+
+from sidecar.state import codec, times, views
+from sidecar.state.model import ClusterState, Service
+
+log = logging.getLogger("sidecar.http")
+
+JSON: Final = "application/json"
+NDJSON: Final = "application/x-ndjson"
+METRICS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+CORS: Final[Mapping[str, str]] = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET",
+}
+INVALID_EXTENSION: Final = "Not Found - Invalid content type extension"
+FORBIDDEN_DRAIN: Final = "Forbidden - drain is accepted from loopback or with the API token"
+PLAN_DISABLED: Final = "HAProxy management is disabled"
+METRICS_DISABLED: Final = "Not Found - metrics are disabled"
+
+# How often a watch stream checks that its client is still there, when the server does not
+# cancel handlers on disconnect (`serve` does; other runners may not).
+LIVENESS_POLL: Final = 1.0
+SHUTDOWN_TIMEOUT: Final = 5.0
+# A state with more records than this is encoded in a worker thread (states are immutable
+# snapshots), so encoding a large document (services.json of 10,000 records: ~0.3 s) does
+# not stall the loop that runs gossip and checks.
+OFFLOAD_RECORDS: Final = 1000
+
+
+class Catalog(Protocol):
+    """What the API serves; the daemon implements it."""
+
+    def state(self) -> ClusterState:
+        """Return the current cluster state."""
+        ...
+
+    def members(self) -> Mapping[str, int]:
+        """Return cluster member name -> last-updated ns (the keys make `ClusterMembers`)."""
+        ...
+
+    def changes(self) -> AsyncIterator[ClusterState]:
+        """Yield the current state at once, then the state after each change, until closed."""
+        ...
+
+    async def drain(self, service_id: str) -> Service | None:
+        """Return the own service now DRAINING, or None if there is no such live own service."""
+        ...
+
+    def plan(self) -> Mapping[str, Any] | None:
+        """Return the current plan document (JSON-ready), or None when HAProxy is disabled."""
+        ...
+
+    def rejections(self) -> Sequence[Mapping[str, Any]]:
+        """Return the observations excluded, with their reasons (JSON-ready)."""
+        ...
+
+    def health(self) -> tuple[bool, Mapping[str, Any]]:
+        """Return whether the daemon is healthy, and details (JSON-ready)."""
+        ...
+
+
+# ---------------------------------------------------------------------------- Go's bytes
+
+_TOKEN: Final = re.compile(
+    rb"(?P<open>[{\[])|(?P<close>[}\]])|(?P<comma>,)|(?P<colon>:)|(?P<space>[ \t\r\n]+)"
+    rb'|(?P<value>"(?:[^"\\]|\\.)*"|[^"{}\[\],: \t\r\n]+)',
+    re.S,
+)
+
+
+def go_indent(compact: bytes, *, prefix: bytes = b"", indent: bytes = b"  ") -> bytes:
+    """Return the JSON text re-indented exactly as Go's `json.Indent(dst, src, prefix, indent)`.
+
+    Strings are copied verbatim (escapes stay as written); empty `{}` and `[]` stay compact;
+    `": "` follows a key; a newline and the indentation follow `,` and a non-empty `[`/`{`.
+    Whitespace between tokens is dropped, whitespace after the top-level value is kept (as
+    Go does). Raises ValueError where the input cannot be tokenized (e.g. an open string);
+    it does not otherwise validate the JSON.
+    """
+    out: list[bytes] = []
+    newlines = [b"\n" + prefix]  # newlines[d]: a newline and the indentation of depth d
+    depth = 0  # indentation level, as Go counts it
+    open_containers = 0
+    need_indent = False  # a `{`/`[` was written; indent once we know it is not empty
+    top_done = False
+    pos, end = 0, len(compact)
+    while pos < end:
+        match = _TOKEN.match(compact, pos)
+        if match is None:
+            raise ValueError(f"not JSON at byte {pos}: {compact[pos : pos + 20]!r}")
+        kind, token, pos = match.lastgroup, match.group(), match.end()
+        if kind == "space":
+            if top_done:
+                out.append(token)
+            continue
+        if kind == "close":
+            if open_containers == 0:
+                raise ValueError(f"not JSON at byte {pos - 1}: unbalanced {token!r}")
+            if need_indent:
+                need_indent = False
+            else:
+                depth -= 1
+                out.append(newlines[depth])
+            out.append(token)
+            open_containers -= 1
+            top_done = open_containers == 0
+            continue
+        if need_indent:
+            need_indent = False
+            depth += 1
+            if depth == len(newlines):
+                newlines.append(newlines[-1] + indent)
+            out.append(newlines[depth])
+        if kind == "open":
+            need_indent = True
+            open_containers += 1
+            out.append(token)
+        elif kind == "comma":
+            out.append(b",")
+            out.append(newlines[depth])
+        elif kind == "colon":
+            out.append(b": ")
+        else:
+            out.append(token)
+            top_done = open_containers == 0
+    return b"".join(out)
+
+
+def _by_service_text(groups: Mapping[str, Sequence[Service]]) -> str:
+    """Return Go's compact JSON of a `map[string][]*Service` (keys sorted)."""
+    return (
+        "{"
+        + ",".join(
+            codec.quote(name) + ":[" + ",".join(codec.service_json(s) for s in groups[name]) + "]"
+            for name in sorted(groups)
+        )
+        + "}"
+    )
+
+
+def by_service_json(state: ClusterState) -> bytes:
+    """Return Go's `json.Marshal(state.ByService())`: the bare map name -> records, compact.
+
+    Every status is included; each list is oldest `Updated` first (ties by host and ID).
+    This is the default `/api/watch` document.
+    """
+    return _by_service_text(views.by_service(state)).encode()
+
+
+def _member_json(name: str, state: ClusterState) -> str:
+    server = state.servers.get(name)
+    last_updated = times.UNIX_EPOCH if server is None else server.last_updated
+    count = 0 if server is None else len(server.entries)
+    return (
+        f'{codec.quote(name)}:{{"Name":{codec.quote(name)},'
+        f'"LastUpdated":"{times.format_time(last_updated)}","ServiceCount":{count}}}'
+    )
+
+
+def services_json(state: ClusterState, members: Mapping[str, int]) -> bytes:
+    """Return Go's `/api/services.json`: Services, ClusterMembers, ClusterName, indented.
+
+    `ClusterMembers` has one entry per member: the server's `LastUpdated` and record count
+    (tombstones included) when the state has that server, else the Unix epoch and 0. It is
+    left out when there are no members (Go's `omitempty`).
+    """
+    text = '{"Services":' + _by_service_text(views.by_service(state))
+    if members:
+        text += (
+            ',"ClusterMembers":{'
+            + ",".join(_member_json(name, state) for name in sorted(members))
+            + "}"
+        )
+    text += ',"ClusterName":' + codec.quote(state.cluster_name) + "}"
+    return go_indent(text.encode())
+
+
+def one_service_json(state: ClusterState, name: str) -> bytes | None:
+    """Return Go's `/api/services/<name>.json` (Services, ClusterName), or None when no record
+    has that name. The records are oldest `Updated` first (Go's order is random)."""
+    records = views.by_service(state).get(name)
+    if not records:
+        return None
+    text = (
+        '{"Services":'
+        + _by_service_text({name: records})
+        + ',"ClusterName":'
+        + codec.quote(state.cluster_name)
+        + "}"
+    )
+    return go_indent(text.encode())
+
+
+_GO_ESCAPES: Final[Mapping[str, str]] = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    '"': '\\"',
+    "\\": "\\\\",
+}
+
+
+def go_quote(text: str) -> str:
+    """Return `text` as Go's `%q` (`strconv.Quote`) writes it."""
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[char])
+        elif char.isprintable():
+            out.append(char)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def error_json(message: str) -> bytes:
+    """Return Go's JSON error body `{"message":"...","status":"error"}`."""
+    return ('{"message":' + codec.quote(message) + ',"status":"error"}').encode()
+
+
+def drained_json(service: Service) -> bytes:
+    """Return Go's indented 202 body for a drained service."""
+    message = f"Service {go_quote(service.name)} instance {go_quote(service.id)} set to DRAINING"
+    return go_indent(('{"Message":' + codec.quote(message) + "}").encode())
+
+
+def document_json(document: Any) -> bytes:
+    """Return a JSON-ready value (one of ours, not Go's) as JSON indented Go's way.
+
+    Raises TypeError or ValueError for a value JSON cannot hold.
+    """
+    compact = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return go_indent(compact.encode())
+
+
+# ---------------------------------------------------------------------------- trust
+
+
+def _is_loopback(peer_ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(peer_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _has_token(authorization: str | None, token: str) -> bool:
+    if not token or not authorization:
+        return False
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(credentials.strip().encode(), token.encode())
+
+
+def is_trusted(
+    peer_ip: str | None,
+    authorization: str | None,
+    token: str,
+    *,
+    trust_loopback: bool = True,
+) -> bool:
+    """Return whether a mutating request (drain) is accepted.
+
+    Accepted from a loopback peer (127.0.0.0/8, ::1, or IPv4-mapped loopback), or with
+    `Authorization: Bearer <token>` matching the configured token, which must be non-empty
+    (compared in constant time).
+    """
+    if trust_loopback and peer_ip and _is_loopback(peer_ip):
+        return True
+    return _has_token(authorization, token)
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+@dataclass
+class _Api:
+    catalog: Catalog
+    api_token: str
+    metrics: Callable[[], bytes] | None
+    trust_loopback: bool
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+_API: Final = web.AppKey("sidecar_api", _Api)
+_OPTIONS_PATH: Final = re.compile(r"/api/[^/]+")
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_T = TypeVar("_T")
+
+
+def _json(body: bytes, *, status: int = 200, cors: bool = False) -> web.Response:
+    headers = dict(CORS) if cors else {}
+    return web.Response(body=body, status=status, content_type=JSON, headers=headers)
+
+
+def _error(status: int, message: str, *, cors: bool = False) -> web.Response:
+    return _json(error_json(message), status=status, cors=cors)
+
+
+def _json_extension(request: web.Request) -> bool:
+    return request.match_info["ext"] == "json"
+
+
+@web.middleware
+async def _log_and_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Answer errors in Go's JSON format and log each request at DEBUG."""
+    started = time.monotonic()
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {404: "Not Found", 405: "Method Not Allowed"}.get(exc.status, exc.reason)
+        response = _error(exc.status, message)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        response = _error(500, "Internal Server Error")
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "%s %s from %s: %d in %.1f ms",
+            request.method,
+            request.path_qs,
+            request.remote,
+            response.status,
+            (time.monotonic() - started) * 1000,
+        )
+    return response
+
+
+@web.middleware
+async def _preflight(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Answer `OPTIONS /api/<one segment>` with the CORS headers, as Go does."""
+    if request.method == "OPTIONS" and _OPTIONS_PATH.fullmatch(request.path):
+        return web.Response(status=200, headers=CORS)
+    return await handler(request)
+
+
+async def _root(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=301, headers={"Location": "/ui/"})
+
+
+async def _encode(state: ClusterState, encode: Callable[..., _T], *args: Any) -> _T:
+    """Return `encode(state, *args)`, computed in a worker thread when the state is large."""
+    if sum(len(server.entries) for server in state.servers.values()) > OFFLOAD_RECORDS:
+        return await asyncio.to_thread(encode, state, *args)
+    return encode(state, *args)
+
+
+async def _services(request: web.Request) -> web.StreamResponse:
+    if not _json_extension(request):
+        return _error(404, INVALID_EXTENSION, cors=True)
+    catalog = request.app[_API].catalog
+    members = dict(catalog.members())  # a copy: the thread must not see it change
+    return _json(await _encode(catalog.state(), services_json, members), cors=True)
+
+
+async def _one_service(request: web.Request) -> web.StreamResponse:
+    name, dot, extension = request.match_info["file"].rpartition(".")
+    if not dot or extension != "json":
+        return _error(404, INVALID_EXTENSION, cors=True)
+    body = await _encode(request.app[_API].catalog.state(), one_service_json, name)
+    if body is None:
+        return _error(404, f"no instances of {name} found", cors=True)
+    return _json(body, cors=True)
+
+
+async def _state(request: web.Request) -> web.StreamResponse:
+    if not _json_extension(request):
+        return _error(404, INVALID_EXTENSION)
+    body = await _encode(request.app[_API].catalog.state(), codec.encode_state)
+    return _json(body, cors=True)
+
+
+async def _drain(request: web.Request) -> web.StreamResponse:
+    api = request.app[_API]
+    if not is_trusted(
+        request.remote,
+        request.headers.get("Authorization"),
+        api.api_token,
+        trust_loopback=api.trust_loopback,
+    ):
+        return _error(403, FORBIDDEN_DRAIN)
+    service_id = request.match_info["id"]
+    # Shielded: a client that goes away must not leave a drain half done.
+    drained = await asyncio.shield(api.catalog.drain(service_id))
+    if drained is None:
+        return _error(404, f"Not Found - Service ID {go_quote(service_id)} not found")
+    log.info("drain of %s (%s) requested by %s", drained.id, drained.name, request.remote)
+    return _json(drained_json(drained), status=202)
+
+
+async def _next(changes: AsyncIterator[ClusterState]) -> ClusterState | None:
+    """Return the next state, or None when the iterator is exhausted."""
+    try:
+        return await changes.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _settle(*tasks: asyncio.Future[Any] | None) -> None:
+    """Cancel the tasks and wait for them to finish, retrieving any outcome."""
+    running = [task for task in tasks if task is not None]
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.wait(running)
+    for task in running:
+        if not task.cancelled():
+            task.exception()
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _watch(request: web.Request) -> web.StreamResponse:
+    """Stream the current document, then one per change, until the client or server goes."""
+    api = request.app[_API]
+    by_service = request.query.get("by_service") != "false"
+    framing = request.query.get("format", "")
+    if framing not in ("", "json", "ndjson"):
+        return _error(400, f"Bad Request - format {framing!r} is not json or ndjson")
+    encode = by_service_json if by_service else codec.encode_state
+    ending = b"\n" if framing == "ndjson" else b""
+    response = web.StreamResponse(
+        status=200, headers={"Content-Type": NDJSON if framing == "ndjson" else JSON}
+    )
+    await response.prepare(request)
+
+    changes = api.catalog.changes()
+    stopping = asyncio.ensure_future(api.stopping.wait())
+    pending: asyncio.Task[ClusterState | None] | None = None
+    gone = False
+    try:
+        while not (gone := _client_gone(request)):
+            if pending is None:
+                pending = asyncio.ensure_future(_next(changes))
+            done, _ = await asyncio.wait(
+                {pending, stopping}, timeout=LIVENESS_POLL, return_when=asyncio.FIRST_COMPLETED
+            )
+            if stopping in done:
+                break
+            if pending not in done:
+                continue  # no change yet: look at the client again
+            state = pending.result()
+            pending = None
+            if state is None:
+                break
+            await response.write(await _encode(state, encode) + ending)
+    except ConnectionError:
+        gone = True
+    except Exception:
+        log.exception("watch stream to %s failed; ending it", request.remote)
+    finally:
+        await _settle(pending, stopping)
+        aclose = getattr(changes, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if not gone:
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+    return response
+
+
+async def _plan(request: web.Request) -> web.StreamResponse:
+    document = request.app[_API].catalog.plan()
+    if document is None:
+        return _error(404, PLAN_DISABLED)
+    return _json(document_json(document))
+
+
+async def _rejections(request: web.Request) -> web.StreamResponse:
+    rejections = list(request.app[_API].catalog.rejections())
+    return _json(document_json({"Rejections": rejections}))
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    healthy, details = request.app[_API].catalog.health()
+    document: dict[str, Any] = {"status": "ok" if healthy else "unhealthy"}
+    document.update((k, v) for k, v in details.items() if k != "status")
+    return _json(document_json(document), status=200 if healthy else 503)
+
+
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    metrics = request.app[_API].metrics
+    if metrics is None:
+        return _error(404, METRICS_DISABLED)
+    return web.Response(body=metrics(), headers={"Content-Type": METRICS_TYPE})
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "sidecar"  # not aiohttp's default, which names versions
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[_API].stopping.set()  # ends every watch stream, so shutdown does not wait on them
+
+
+def make_app(
+    catalog: Catalog,
+    *,
+    api_token: str = "",
+    metrics: Callable[[], bytes] | None = None,
+    trust_loopback: bool = True,
+) -> web.Application:
+    """Return the HTTP API application serving `catalog`.
+
+    `api_token` (when non-empty) lets a non-loopback client drain with
+    `Authorization: Bearer <token>`. `metrics` returns the Prometheus exposition served on
+    `/metrics` (404 when None). `trust_loopback=False` refuses loopback peers their
+    implicit drain right (for tests of the refusal).
+    """
+    app = web.Application(middlewares=[_log_and_errors, _preflight])
+    app[_API] = _Api(catalog, api_token, metrics, trust_loopback)
+    app.on_response_prepare.append(_on_prepare)
+    app.on_shutdown.append(_on_shutdown)
+    routes = app.router
+    routes.add_get("/", _root)
+    for prefix in ("/api", ""):  # "": Go's deprecated aliases
+        routes.add_get(prefix + "/services.{ext}", _services)
+        routes.add_get(prefix + "/state.{ext}", _state)
+        routes.add_get(prefix + "/watch", _watch, allow_head=False)
+    routes.add_get("/api/services/{file}", _one_service)
+    routes.add_post("/api/services/{id}/drain", _drain)
+    routes.add_get("/api/plan", _plan)
+    routes.add_get("/api/rejections", _rejections)
+    routes.add_get("/healthz", _healthz)
+    routes.add_get("/metrics", _metrics)
+    return app
+
+
+class HttpServer:
+    """A running API: where it listens, and `stop()`."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+        self.runner = runner
+        self.host = host
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        """Return the base URL, e.g. `http://127.0.0.1:7777`."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop listening, end watch streams, wait (bounded) for requests in flight."""
+        await self.runner.cleanup()
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+) -> HttpServer:
+    """Return the server listening on `host:port` (port 0: the kernel's pick) for `app`.
+
+    Handlers are cancelled when their client disconnects (a watch stream ends at once).
+    Raises OSError naming the address when it cannot listen.
+    """
+    runner = web.AppRunner(
+        app, access_log=None, handler_cancellation=True, shutdown_timeout=shutdown_timeout
+    )
+    await runner.setup()
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"HTTP API cannot listen on {shown}: {reason}") from exc
+    bound = port
+    for address in runner.addresses:
+        bound = int(address[1])
+        break
+    log.info("HTTP API listening on %s", shown if port else f"{host}:{bound}")
+    return HttpServer(runner, host, bound)

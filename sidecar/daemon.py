@@ -1,0 +1,401 @@
+"""The daemon behind `sidecar run`: this host's discovery and checks, the cluster state,
+HAProxy and the HTTP API, in one asyncio program.
+
+Data flows one way. `HostDiscovery` (Docker, static file, checks) emits what this host
+serves; the daemon stamps it into the cluster state with the core's `stamp` (and, every
+second, re-stamps and expires with `stamp`/`expire`); every new state goes to the
+reconcile loop (HAProxy and the bind IP follow it), to `/api/watch` subscribers, and is
+what the API and metrics read. The daemon is the only writer of the state, and writes only
+on the event loop. The cluster (gossip) will plug in as one more source of records and one
+more sink of changes.
+
+What it decides is in the core and the reconcile loop; this module only wires them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from sidecar.adapters import http
+from sidecar.adapters.docker import DockerDiscovery
+from sidecar.adapters.haproxy import Haproxy, HaproxyOptions
+from sidecar.adapters.ipbind import IpBinder
+from sidecar.adapters.static import StaticDiscovery
+from sidecar.config import Config
+from sidecar.host import HostDiscovery, HostObservation
+from sidecar.reconcile.desired import HaproxySettings
+from sidecar.reconcile.loop import Reconciler
+from sidecar.state import discovery, merge
+from sidecar.state.discovery import DiscoveryPolicy, Rejected
+from sidecar.state.model import ClusterState, Service, Status
+from sidecar.state.times import UNIX_EPOCH
+
+log = logging.getLogger("sidecar.daemon")
+
+TICK = 1.0  # seconds between re-stamps and expiry runs, as Go's loops
+
+
+class Daemon:
+    """One host's sidecar. `run(stop)` until `stop` is set; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        hostname: str,
+        advertise_ip: str,
+        template: str | None = None,
+    ) -> None:
+        self.config = config
+        self.hostname = hostname
+        self.advertise_ip = advertise_ip
+        self._state = ClusterState(hostname=hostname, cluster_name=config.sidecar.cluster_name)
+        self._observed: tuple[Service, ...] = ()
+        self._rejected: tuple[Rejected, ...] = ()
+        self._version = 0
+        self._changed = asyncio.Condition()
+        self.merges = 0  # state changes made (stamps, drains, expiries that changed something)
+        self.events: Counter[str] = Counter()  # change events by new status
+        self.host = self._host_discovery()
+        self.haproxy: Haproxy | None = None
+        self.addresses: IpBinder | None = None
+        self.reconciler: Reconciler | None = None
+        if not config.haproxy.disable:
+            self._haproxy_parts(template)
+
+    # ------------------------------------------------------------------ wiring
+
+    def _host_discovery(self) -> HostDiscovery:
+        c = self.config
+        namer: discovery.Namer = discovery.LabelNamer(label=c.services.name_label)
+        if c.services.namer == "regex":
+            namer = discovery.regex_namer(c.services.name_match)
+        policy = DiscoveryPolicy(
+            hostname=self.hostname,
+            advertise_ip=self.advertise_ip,
+            namer=namer,
+            default_check_endpoint=c.sidecar.default_check_endpoint,
+            external_checks=c.sidecar.external_checks,
+            rise=c.sidecar.health_rise,
+            fall=c.sidecar.health_fall,
+        )
+        docker = None
+        if "docker" in c.sidecar.discovery:
+            docker = DockerDiscovery(c.docker_discovery.docker_url)
+        static = None
+        if "static" in c.sidecar.discovery:
+            static = StaticDiscovery(Path(c.static_discovery.config_file), policy)
+        return HostDiscovery(
+            policy, docker=docker, static=static, check_interval=c.sidecar.check_interval
+        )
+
+    def _haproxy_parts(self, template: str | None) -> None:
+        h = self.config.haproxy
+        options = HaproxyOptions(
+            config_file=Path(h.config_file),
+            pid_file=Path(h.pid_file),
+            master_socket=Path(h.master_socket),
+            admin_socket=Path(h.admin_socket),
+            mode=h.mode,
+            reload_command=h.reload_command,
+            verify_command=h.verify_command,
+        )
+        self.haproxy = Haproxy(options)
+        self.addresses = IpBinder(h.interface)
+        self.reconciler = Reconciler(
+            self.haproxy,
+            self.addresses,
+            self.haproxy_settings(template),
+            apply=h.apply,
+            min_wait=h.debounce_min,
+            max_wait=h.debounce_max,
+            config_file=h.config_file,
+        )
+        self.haproxy.on_exit = self.reconciler.poke
+
+    def haproxy_settings(self, template: str | None) -> HaproxySettings:
+        """Return the template's settings from the configuration (and the template's text)."""
+        h = self.config.haproxy
+        return HaproxySettings(
+            bind_ip=h.bind_ip,
+            use_hostnames=h.use_hostnames,
+            user=h.user,
+            group=h.group,
+            admin_socket=h.admin_socket,
+            stats_port=h.stats_port,
+            stats_backend_port=h.stats_backend_port,
+            template=template,
+            template_name=h.template_file or "the shipped template",
+        )
+
+    # ------------------------------------------------------------------ the state
+
+    def _set(self, result: merge.MergeResult) -> None:
+        """Make `result.state` the state, and tell everyone who follows it."""
+        if result.state is self._state:
+            return
+        self._state = result.state
+        self._version += 1
+        self.merges += 1
+        for event in result.events:
+            self.events[event.service.status.label()] += 1
+            log.info(
+                "%s %s (%s) on %s: %s -> %s",
+                "service",
+                event.service.name,
+                event.service.id,
+                event.service.hostname,
+                event.previous_status.label(),
+                event.service.status.label(),
+            )
+        if self.reconciler is not None:
+            self.reconciler.update(self._state)
+        self._notify()
+
+    def _notify(self) -> None:
+        async def wake() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        asyncio.get_running_loop().create_task(wake())
+
+    def _observe(self, observation: HostObservation) -> None:
+        self._observed = observation.services
+        self._rejected = observation.rejected
+        self._set(merge.stamp(self._state, self._observed, now=time.time_ns()))
+
+    def _tick(self) -> None:
+        now = time.time_ns()
+        self._set(merge.stamp(self._state, self._observed, now=now))
+        self._set(merge.expire(self._state, now=now))
+
+    # ------------------------------------------------------------------ the Catalog
+
+    def state(self) -> ClusterState:
+        """Return the current cluster state."""
+        return self._state
+
+    def members(self) -> Mapping[str, int]:
+        """Return the cluster's members (today: this node) and when each last changed."""
+        own = self._state.servers.get(self.hostname)
+        return {self.hostname: own.last_updated if own is not None else UNIX_EPOCH}
+
+    async def changes(self) -> AsyncIterator[ClusterState]:
+        """Yield the state now, then after every change (a slow reader skips to the newest)."""
+        seen = self._version
+        yield self._state
+        while True:
+            async with self._changed:
+                while self._version == seen:
+                    await self._changed.wait()
+            seen = self._version
+            yield self._state
+
+    async def drain(self, service_id: str) -> Service | None:
+        """Return an own service set to DRAINING, or None when there is no such live one."""
+        result = merge.drain(self._state, service_id, now=time.time_ns())
+        if result is None:
+            return None
+        self._set(result)
+        log.info("drained %s on request", service_id)
+        return self._state.get(self.hostname, service_id)
+
+    def plan(self) -> Mapping[str, Any] | None:
+        """Return the last plan (what `sidecar plan --json` shows), or None without HAProxy."""
+        if self.reconciler is None:
+            return None
+        report = dict(self.reconciler.last_report or {"pending": False, "actions": []})
+        last = self.reconciler.last
+        report["apply"] = self.reconciler.apply
+        report["applied"] = bool(last is not None and last.applied and last.error is None)
+        report["error"] = None if last is None else last.error
+        return report
+
+    def rejections(self) -> Sequence[Mapping[str, Any]]:
+        """Return what this host does not serve, and why: containers and static services
+        discovery refused, and instances the routing table left out."""
+        found: list[Mapping[str, Any]] = [
+            {
+                "stage": "discovery",
+                "hostname": self.hostname,
+                "id": r.id,
+                "name": r.name,
+                "reason": r.reason,
+            }
+            for r in self._rejected
+        ]
+        report = self.reconciler.last_report if self.reconciler is not None else None
+        for excluded in (report or {}).get("excluded", ()):
+            found.append({"stage": "routing", **excluded})
+        return found
+
+    def health(self) -> tuple[bool, Mapping[str, Any]]:
+        """Return whether this sidecar works, with details (HAProxy's last error)."""
+        details: dict[str, Any] = {"hostname": self.hostname, "services": self._own_count()}
+        if self.reconciler is not None:
+            last = self.reconciler.last
+            details["haproxy_error"] = None if last is None else last.error
+        return True, details
+
+    def _own_count(self) -> int:
+        return sum(1 for r in self._state.own_records() if r.status is not Status.TOMBSTONE)
+
+    # ------------------------------------------------------------------ metrics
+
+    def metrics(self) -> bytes:
+        """Return the metrics in Prometheus' text format."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self))
+        return generate_latest(registry)
+
+    # ------------------------------------------------------------------ SIGHUP
+
+    def reload(self, config: Config, *, template: str | None = None) -> list[str]:
+        """Take what can change while running from a new configuration (the logging level,
+        the HAProxy template, apply and debounce); return what changed, and what needs a
+        restart to take effect."""
+        said: list[str] = []
+        old, new = self.config.model_dump(), config.model_dump()
+        live = {
+            ("sidecar", "logging_level"),
+            ("haproxy", "template_file"),
+            ("haproxy", "apply"),
+            ("haproxy", "debounce_min"),
+            ("haproxy", "debounce_max"),
+        }
+        for section, values in new.items():
+            for key, value in values.items():
+                if old[section][key] == value:
+                    continue
+                if (section, key) in live:
+                    said.append(f"{section}.{key} is now {value!r}")
+                else:
+                    said.append(f"{section}.{key} changed: takes effect at the next start")
+        level = config.sidecar.logging_level
+        logging.getLogger().setLevel({"warn": logging.WARNING}.get(level, level.upper()))
+        if self.reconciler is not None:
+            h = config.haproxy
+            self.reconciler.apply = h.apply
+            self.reconciler.min_wait, self.reconciler.max_wait = h.debounce_min, h.debounce_max
+            self.reconciler.settings = _with_template(
+                self.reconciler.settings, template, h.template_file
+            )
+            self.reconciler.update(self._state)
+        return said
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then shut down: HAProxy is left serving unless
+        `haproxy.stop_on_exit`, and the bind IP is released if this daemon added it and
+        `haproxy.release_ip`."""
+        host, port = self.config.sidecar.http_listen()
+        token = self.config.sidecar.api_token.get_secret_value()
+        app = http.make_app(self, api_token=token, metrics=self.metrics)
+        server = await http.serve(app, host, port)
+        log.info("HTTP API on http://%s:%d", host, port)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            async with self.host.running() as observations:
+                tasks.append(asyncio.create_task(self._follow(observations)))
+                tasks.append(asyncio.create_task(self._ticks()))
+                if self.reconciler is not None:
+                    self.reconciler.update(self._state)
+                    tasks.append(asyncio.create_task(self.reconciler.run()))
+                await stop.wait()
+                log.info("stopping")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await server.stop()
+            await self._release()
+
+    async def _follow(self, observations: asyncio.Queue[HostObservation]) -> None:
+        while True:
+            self._observe(await observations.get())
+
+    async def _ticks(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self._tick()
+
+    async def _release(self) -> None:
+        h = self.config.haproxy
+        if self.haproxy is not None:
+            await self.haproxy.close(stop=h.stop_on_exit)
+            if not h.stop_on_exit:
+                log.info("HAProxy keeps serving (haproxy.stop_on_exit is off)")
+        if self.addresses is not None and h.release_ip:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.addresses.release_added)
+
+
+def _with_template(settings: HaproxySettings, template: str | None, name: str) -> HaproxySettings:
+    return dataclasses.replace(
+        settings, template=template, template_name=name or "the shipped template"
+    )
+
+
+class _Collector:
+    """Reads the daemon's figures at scrape time (nothing to keep in step)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterable[Any]:
+        d = self.daemon
+        by_status = GaugeMetricFamily(
+            "sidecar_services", "Service records in the cluster state, by status", labels=["status"]
+        )
+        counts = Counter(r.status.label().lower() for r in d.state().records())
+        for status in Status:
+            by_status.add_metric([status.label().lower()], counts.get(status.label().lower(), 0))
+        yield by_status
+        yield GaugeMetricFamily(
+            "sidecar_peers", "Cluster members other than this node", value=len(d.members()) - 1
+        )
+        yield CounterMetricFamily(
+            "sidecar_state_changes", "Changes made to the cluster state", value=d.merges
+        )
+        events = CounterMetricFamily(
+            "sidecar_service_events", "Services that appeared or changed status", labels=["status"]
+        )
+        for label, count in sorted(d.events.items()):
+            events.add_metric([label.lower()], count)
+        yield events
+        checks = CounterMetricFamily(
+            "sidecar_check_results", "Health check outcomes", labels=["result"]
+        )
+        for result in ("healthy", "unhealthy", "unknown"):
+            checks.add_metric([result], d.host.check_results.get(result, 0))
+        yield checks
+        yield from _haproxy_metrics(d)
+
+
+def _haproxy_metrics(d: Daemon) -> Iterable[Any]:
+    if d.reconciler is None or d.haproxy is None:
+        return
+    stats, counters = d.reconciler.stats, d.haproxy.counters
+    figures = [
+        ("applies", "Plans carried out", stats.applies),
+        ("apply_failures", "Applies that failed (the running config was kept)", stats.failures),
+        ("reloads", "HAProxy reloads", stats.reloads),
+        ("runtime_ops", "Server changes made through the runtime API", stats.runtime_ops),
+        ("fallbacks", "Runtime changes refused and made by reload instead", stats.fallbacks),
+        ("restarts", "HAProxy started again after it exited", counters.restarts),
+        ("exits", "Times HAProxy exited on its own", counters.exits),
+    ]
+    for name, text, value in figures:
+        yield CounterMetricFamily(f"sidecar_haproxy_{name}", text, value=value)

@@ -1,0 +1,234 @@
+"""`sidecar run` as a real process: Docker discovery, checks, managed HAProxy, the HTTP API.
+
+The daemon gets its own 127.0.0.x for the API and another for HAProxy's frontends (loopback
+needs no binding), its HAProxy files in tmp_path, and advertises 127.0.0.1, where Docker
+publishes the containers' ports. Each container answers `/` with its own host name (its
+short ID), so a test can tell which instance served a request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import REPO, http_request, wait_for
+
+pytestmark = [pytest.mark.docker, pytest.mark.haproxy]
+
+SERVES_ITS_NAME = ["sh", "-c", "hostname > /www/index.html && exec httpd -f -p 80 -h /www"]
+
+
+@pytest.fixture
+def daemon_env(tmp_path, loopback):
+    """The environment of a test daemon: everything on fresh loopback addresses."""
+    api = loopback.address()
+    home = tmp_path / "haproxy"
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "HAPROXY_"))},
+        "SIDECAR_HTTP_ADDRESS": f"{api}:7777",
+        "SIDECAR_HOSTNAME": f"node-{uuid.uuid4().hex[:6]}",
+        "SIDECAR_ADVERTISE_IP": "127.0.0.1",
+        "SIDECAR_DISCOVERY": "docker",
+        "SIDECAR_CHECK_INTERVAL": "1s",
+        "HAPROXY_BIND_IP": loopback.address(),
+        "HAPROXY_CONFIG_FILE": str(home / "haproxy.cfg"),
+        "HAPROXY_PID_FILE": str(home / "haproxy.pid"),
+        "HAPROXY_MASTER_SOCKET": str(home / "master.sock"),
+        "HAPROXY_ADMIN_SOCKET": str(home / "admin.sock"),
+        "HAPROXY_STATS_PORT": str(loopback.port()),
+        "HAPROXY_STATS_BACKEND_PORT": str(loopback.port()),
+        "HAPROXY_STOP_ON_EXIT": "true",
+    }
+
+
+def api_url(env, path):
+    return f"http://{env['SIDECAR_HTTP_ADDRESS']}{path}"
+
+
+def start(spawn, env, *args, name="sidecar"):
+    return spawn.start(
+        [sys.executable, "-m", "sidecar", "run", *args], name=name, env=env, cwd=REPO
+    )
+
+
+def services(env):
+    reply = http_request(api_url(env, "/api/services.json"))
+    assert reply.status == 200
+    return json.loads(reply.body)
+
+
+def record(env, name, sid):
+    for each in services(env)["Services"].get(name, []):
+        if each["ID"] == sid:
+            return each
+    return None
+
+
+def not_served(url):
+    """Whether HAProxy refuses `url` (no frontend) or has no server for it."""
+    try:
+        return http_request(url).status == 503
+    except ConnectionRefusedError:
+        return True
+
+
+def served_by(url, requests=12):
+    names = set()
+    for _ in range(requests):
+        reply = http_request(url)
+        assert reply.status == 200, (reply.status, reply.body[:200])
+        names.add(reply.body.decode().strip())
+    return names
+
+
+def test_the_daemon_serves_containers_through_haproxy_and_its_api(
+    spawn, daemon_env, run_container, test_image
+):
+    env = daemon_env
+    proc = start(spawn, env)
+    wait_for(lambda: http_request(api_url(env, "/healthz")).status == 200, what="/healthz")
+    name, port = f"web-{uuid.uuid4().hex[:6]}", 18000 + os.getpid() % 1000
+    labels = {"ServiceName": name, "ServicePort_80": str(port)}
+    first, second = (
+        run_container(test_image, SERVES_ITS_NAME, labels=labels, publish_all_ports=True)
+        for _ in range(2)
+    )
+    ids = {c.id[:12] for c in (first, second)}
+    url = f"http://{env['HAPROXY_BIND_IP']}:{port}/"
+
+    listed = wait_for(
+        lambda: all((r := record(env, name, sid)) and r["Status"] == 0 for sid in ids),
+        what="both containers ALIVE in /api/services.json",
+        timeout=30,
+    )
+    assert listed
+    document = services(env)
+    assert list(document) == ["Services", "ClusterMembers", "ClusterName"]
+    one = record(env, name, first.id[:12])
+    assert list(one) == [
+        "ID",
+        "Name",
+        "Image",
+        "Created",
+        "Hostname",
+        "Ports",
+        "Updated",
+        "ProxyMode",
+        "Status",
+    ]
+    assert one["Hostname"] == env["SIDECAR_HOSTNAME"]
+    assert one["Ports"][0]["ServicePort"] == port
+    assert one["Ports"][0]["IP"] == "127.0.0.1"
+    assert set(document["ClusterMembers"]) == {env["SIDECAR_HOSTNAME"]}
+
+    wait_for(lambda: served_by(url) == ids, what="HAProxy serving both containers", timeout=30)
+
+    drained = http_request(api_url(env, f"/api/services/{first.id[:12]}/drain"), method="POST")
+    assert drained.status == 202, drained.body
+    assert b"set to DRAINING" in drained.body
+    wait_for(lambda: record(env, name, first.id[:12])["Status"] == 3, what="DRAINING listed")
+    wait_for(lambda: served_by(url) == {second.id[:12]}, what="the drained one gets no requests")
+
+    second.stop(timeout=5)
+    wait_for(
+        lambda: record(env, name, second.id[:12])["Status"] == 4, what="the stopped one a tombstone"
+    )
+    wait_for(lambda: not_served(url), what="no frontend left once nothing is ALIVE")
+
+    metrics = http_request(api_url(env, "/metrics"))
+    assert metrics.status == 200
+    families = {f.name: f for f in text_string_to_metric_families(metrics.body.decode())}
+    alive = {s.labels["status"]: s.value for s in families["sidecar_services"].samples}
+    assert alive["draining"] >= 1
+    assert alive["tombstone"] >= 1
+    assert families["sidecar_haproxy_reloads"].samples[0].value >= 0
+    assert any(s.value > 0 for s in families["sidecar_check_results"].samples)
+
+    began = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert time.monotonic() - began < 2.0
+    log = spawn.log("sidecar")
+    assert "config: haproxy.bind_ip" in log
+
+
+def test_watch_streams_a_document_per_change(spawn, daemon_env, run_container, test_image):
+    env = daemon_env
+    start(spawn, env)
+    wait_for(lambda: http_request(api_url(env, "/healthz")).status == 200, what="/healthz")
+    name = f"watch-{uuid.uuid4().hex[:6]}"
+    host, port = env["SIDECAR_HTTP_ADDRESS"].split(":")
+    curl = subprocess.Popen(
+        ["curl", "-sN", "--max-time", "30", f"http://{host}:{port}/api/watch?format=ndjson"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        first = json.loads(curl.stdout.readline())
+        assert name not in first
+        run_container(
+            test_image,
+            SERVES_ITS_NAME,
+            labels={"ServiceName": name, "ServicePort_80": "18999"},
+            publish_all_ports=True,
+        )
+        seen = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            document = json.loads(curl.stdout.readline())
+            seen.append(document)
+            if any(r["Status"] == 0 for r in document.get(name, [])):
+                break
+        assert any(r["Status"] == 0 for r in seen[-1].get(name, [])), seen[-1]
+        assert len(seen) >= 1
+    finally:
+        curl.kill()
+        curl.wait()
+
+
+@pytest.mark.parametrize(
+    ("env_change", "expected"),
+    [
+        pytest.param({"HAPROXY_BIND_IP": "banana"}, ["HAPROXY_BIND_IP", "banana"], id="bind-ip"),
+        pytest.param({"SIDECAR_DISCOVERY": "kubernetes_api"}, ["kubernetes_api"], id="discovery"),
+        pytest.param({"HAPROXY_DEBOUNCE_MIN": "5x"}, ["HAPROXY_DEBOUNCE_MIN", "5x"], id="duration"),
+    ],
+)
+def test_bad_configuration_stops_start_up_with_a_clear_message(daemon_env, env_change, expected):
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "run"],
+        env={**daemon_env, **env_change},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    for words in expected:
+        assert words in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_key_in_the_file_is_named(daemon_env, tmp_path):
+    config = tmp_path / "sidecar.toml"
+    config.write_text('[haproxy]\nbnd_ip = "127.0.0.9"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "run", "--config", str(config)],
+        env=daemon_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "bnd_ip" in result.stderr
+    assert "unknown" in result.stderr

@@ -1,0 +1,383 @@
+"""The HTTP API's bytes: Go's `json.Indent`, services.json, the watch document, errors, trust.
+
+The expected outputs are written by hand from Go's `encoding/json` rules (`json.Indent`,
+`json.MarshalIndent(v, "", "  ")`, `json.Marshal` of a map) and `strconv.Quote`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.adapters import http
+from sidecar.state import merge, times
+from sidecar.state.model import ClusterState, Port, Server, Service, Status
+
+S = times.NANOS_PER_SECOND
+T0 = 1_700_000_000 * S  # 2023-11-14T22:13:20Z
+
+# ---------------------------------------------------------------- go_indent
+
+
+@pytest.mark.parametrize(
+    ("compact", "indented"),
+    [
+        (b"{}", b"{}"),
+        (b"[]", b"[]"),
+        (b'"x"', b'"x"'),
+        (b"true", b"true"),
+        (b"-1.5e3", b"-1.5e3"),
+        (b'{"a":1}', b'{\n  "a": 1\n}'),
+        (b"[1,2]", b"[\n  1,\n  2\n]"),
+        (b"[[],{}]", b"[\n  [],\n  {}\n]"),
+        (b'{"a":{},"b":[]}', b'{\n  "a": {},\n  "b": []\n}'),
+        (
+            b'{"a":{"b":[1,null,{}],"c":[]},"d":"x"}',
+            b'{\n  "a": {\n    "b": [\n      1,\n      null,\n      {}\n    ],\n'
+            b'    "c": []\n  },\n  "d": "x"\n}',
+        ),
+        (
+            b'[[[1]],{"k":[{"z":false}]}]',
+            b'[\n  [\n    [\n      1\n    ]\n  ],\n  {\n    "k": [\n      {\n'
+            b'        "z": false\n      }\n    ]\n  }\n]',
+        ),
+    ],
+)
+def test_go_indent_nests_like_go(compact: bytes, indented: bytes) -> None:
+    assert http.go_indent(compact) == indented
+
+
+def test_go_indent_copies_strings_verbatim() -> None:
+    compact = b'{"a{,:[":"}],\\"\\u003c\\\\","\\\\":["\\"",": "]}'
+    assert http.go_indent(compact) == (
+        b'{\n  "a{,:[": "}],\\"\\u003c\\\\",\n  "\\\\": [\n    "\\"",\n    ": "\n  ]\n}'
+    )
+
+
+def test_go_indent_drops_whitespace_between_tokens_and_keeps_it_after_the_value() -> None:
+    assert http.go_indent(b' \n{ "a" :\t[ 1 , 2 ] , "b" : { } } \n') == (
+        b'{\n  "a": [\n    1,\n    2\n  ],\n  "b": {}\n} \n'
+    )
+
+
+def test_go_indent_with_a_prefix_and_tabs() -> None:
+    assert http.go_indent(b'{"a":[1]}', prefix=b">", indent=b"\t") == (
+        b'{\n>\t"a": [\n>\t\t1\n>\t]\n>}'
+    )
+
+
+def test_go_indent_goes_as_deep_as_the_input() -> None:
+    depth = 40
+    indented = http.go_indent(b"[" * depth + b"0" + b"]" * depth)
+    lines = indented.split(b"\n")
+    assert lines[depth] == b"  " * depth + b"0"
+    assert lines[: depth + 1] == [b"  " * d + b"[" for d in range(depth)] + [b"  " * depth + b"0"]
+    assert lines[depth + 1 :] == [b"  " * d + b"]" for d in reversed(range(depth))]
+
+
+@pytest.mark.parametrize("bad", [b'{"a', b'["x\\"]', b"[1]]", b"}"])
+def test_go_indent_refuses_what_it_cannot_tokenize(bad: bytes) -> None:
+    with pytest.raises(ValueError, match="not JSON at byte"):
+        http.go_indent(bad)
+
+
+# ---------------------------------------------------------------- the documents
+
+
+def _service(
+    sid: str,
+    name: str,
+    host: str,
+    *,
+    updated: int,
+    ports: tuple[Port, ...] | None,
+    status: Status = Status.ALIVE,
+    image: str = "web:1",
+    created: int = T0 - 100 * S,
+    mode: str = "http",
+) -> Service:
+    return Service(
+        id=sid,
+        name=name,
+        image=image,
+        created=created,
+        hostname=host,
+        ports=ports,
+        updated=updated,
+        proxy_mode=mode,
+        status=status,
+    )
+
+
+WEB_ALPHA = _service(
+    "aaa111aaa111",
+    "web",
+    "alpha",
+    updated=T0 + 2 * S,
+    ports=(Port(type="tcp", port=32001, service_port=8080, ip="10.0.0.1"),),
+)
+WEB_BETA = _service(
+    "bbb222bbb222",
+    "web",
+    "beta",
+    updated=T0 + 1_500_000_000,
+    ports=(Port(type="tcp", port=32002, service_port=8080, ip="10.0.0.2"),),
+)
+ODD_ALPHA = _service(
+    "ddd444ddd444",
+    "a<b",
+    "alpha",
+    updated=T0 + S // 2,
+    ports=(),
+    status=Status.UNHEALTHY,
+    image="x&y:2",
+    mode="tcp",
+)
+ODD_BETA_TOMBSTONE = _service(
+    "ccc333ccc333",
+    "a<b",
+    "beta",
+    updated=T0 + 3 * S,
+    ports=None,
+    status=Status.TOMBSTONE,
+    image="x&y:2",
+    created=times.ZERO_TIME,
+    mode="tcp",
+)
+
+
+def _server(name: str, *records: Service, last_updated: int) -> Server:
+    return Server(
+        name=name,
+        entries={r.id: merge.lift(r) for r in records},
+        last_updated=last_updated,
+    )
+
+
+STATE = ClusterState(
+    hostname="alpha",
+    cluster_name="test<1>",
+    servers={
+        "alpha": _server("alpha", WEB_ALPHA, ODD_ALPHA, last_updated=T0 + 2 * S),
+        "beta": _server("beta", WEB_BETA, ODD_BETA_TOMBSTONE, last_updated=T0 + 3 * S),
+    },
+)
+
+ODD_ALPHA_INDENTED = """\
+      {
+        "ID": "ddd444ddd444",
+        "Name": "a\\u003cb",
+        "Image": "x\\u0026y:2",
+        "Created": "2023-11-14T22:11:40Z",
+        "Hostname": "alpha",
+        "Ports": [],
+        "Updated": "2023-11-14T22:13:20.5Z",
+        "ProxyMode": "tcp",
+        "Status": 2
+      }"""
+ODD_BETA_INDENTED = """\
+      {
+        "ID": "ccc333ccc333",
+        "Name": "a\\u003cb",
+        "Image": "x\\u0026y:2",
+        "Created": "0001-01-01T00:00:00Z",
+        "Hostname": "beta",
+        "Ports": null,
+        "Updated": "2023-11-14T22:13:23Z",
+        "ProxyMode": "tcp",
+        "Status": 1
+      }"""
+WEB_BETA_INDENTED = """\
+      {
+        "ID": "bbb222bbb222",
+        "Name": "web",
+        "Image": "web:1",
+        "Created": "2023-11-14T22:11:40Z",
+        "Hostname": "beta",
+        "Ports": [
+          {
+            "Type": "tcp",
+            "Port": 32002,
+            "ServicePort": 8080,
+            "IP": "10.0.0.2"
+          }
+        ],
+        "Updated": "2023-11-14T22:13:21.5Z",
+        "ProxyMode": "http",
+        "Status": 0
+      }"""
+WEB_ALPHA_INDENTED = """\
+      {
+        "ID": "aaa111aaa111",
+        "Name": "web",
+        "Image": "web:1",
+        "Created": "2023-11-14T22:11:40Z",
+        "Hostname": "alpha",
+        "Ports": [
+          {
+            "Type": "tcp",
+            "Port": 32001,
+            "ServicePort": 8080,
+            "IP": "10.0.0.1"
+          }
+        ],
+        "Updated": "2023-11-14T22:13:22Z",
+        "ProxyMode": "http",
+        "Status": 0
+      }"""
+
+SERVICES_JSON = f"""\
+{{
+  "Services": {{
+    "a\\u003cb": [
+{ODD_ALPHA_INDENTED},
+{ODD_BETA_INDENTED}
+    ],
+    "web": [
+{WEB_BETA_INDENTED},
+{WEB_ALPHA_INDENTED}
+    ]
+  }},
+  "ClusterMembers": {{
+    "alpha": {{
+      "Name": "alpha",
+      "LastUpdated": "2023-11-14T22:13:22Z",
+      "ServiceCount": 2
+    }},
+    "gamma": {{
+      "Name": "gamma",
+      "LastUpdated": "1970-01-01T00:00:00Z",
+      "ServiceCount": 0
+    }}
+  }},
+  "ClusterName": "test\\u003c1\\u003e"
+}}""".encode()
+
+
+def test_services_json_is_gos_marshal_indent() -> None:
+    assert http.services_json(STATE, {"gamma": 5, "alpha": 7}) == SERVICES_JSON
+
+
+def test_services_json_leaves_out_cluster_members_when_there_are_none() -> None:
+    body = http.services_json(ClusterState(hostname="alpha", cluster_name="c"), {})
+    assert body == b'{\n  "Services": {},\n  "ClusterName": "c"\n}'
+
+
+def test_one_service_json_has_only_that_name_and_the_cluster_name() -> None:
+    expected = f"""\
+{{
+  "Services": {{
+    "web": [
+{WEB_BETA_INDENTED},
+{WEB_ALPHA_INDENTED}
+    ]
+  }},
+  "ClusterName": "test\\u003c1\\u003e"
+}}""".encode()
+    assert http.one_service_json(STATE, "web") == expected
+    assert http.one_service_json(STATE, "nope") is None
+
+
+def test_watch_document_is_the_bare_by_service_map_compact() -> None:
+    def compact(service: Service, ports: str, status: int) -> str:
+        name = service.name.replace("<", "\\u003c")
+        image = service.image.replace("&", "\\u0026")
+        return (
+            f'{{"ID":"{service.id}","Name":"{name}","Image":"{image}",'
+            f'"Created":"{times.format_time(service.created)}","Hostname":"{service.hostname}",'
+            f'"Ports":{ports},"Updated":"{times.format_time(service.updated)}",'
+            f'"ProxyMode":"{service.proxy_mode}","Status":{status}}}'
+        )
+
+    port1 = '[{"Type":"tcp","Port":32001,"ServicePort":8080,"IP":"10.0.0.1"}]'
+    port2 = '[{"Type":"tcp","Port":32002,"ServicePort":8080,"IP":"10.0.0.2"}]'
+    expected = (
+        '{"a\\u003cb":['
+        + compact(ODD_ALPHA, "[]", 2)
+        + ","
+        + compact(ODD_BETA_TOMBSTONE, "null", 1)
+        + '],"web":['
+        + compact(WEB_BETA, port2, 0)
+        + ","
+        + compact(WEB_ALPHA, port1, 0)
+        + "]}"
+    ).encode()
+    assert http.by_service_json(STATE) == expected
+    assert http.by_service_json(ClusterState(hostname="x")) == b"{}"
+
+
+def test_watch_document_spelled_out_for_one_record() -> None:
+    state = ClusterState(
+        hostname="h", servers={"h": _server("h", WEB_BETA, last_updated=WEB_BETA.updated)}
+    )
+    assert http.by_service_json(state) == (
+        b'{"web":[{"ID":"bbb222bbb222","Name":"web","Image":"web:1",'
+        b'"Created":"2023-11-14T22:11:40Z","Hostname":"beta",'
+        b'"Ports":[{"Type":"tcp","Port":32002,"ServicePort":8080,"IP":"10.0.0.2"}],'
+        b'"Updated":"2023-11-14T22:13:21.5Z","ProxyMode":"http","Status":0}]}'
+    )
+
+
+def test_error_json_is_gos_marshal_of_the_map() -> None:
+    assert http.error_json('no instances of a<"b found') == (
+        b'{"message":"no instances of a\\u003c\\"b found","status":"error"}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "quoted"),
+    [
+        ("abc123", '"abc123"'),
+        ('a"b\\c', '"a\\"b\\\\c"'),
+        ("tab\there\n", '"tab\\there\\n"'),
+        ("\x01\x7f", '"\\x01\\x7f"'),
+        ("héllo <ok>", '"héllo <ok>"'),
+        ("\u2028", '"\\u2028"'),
+        ("\U0001f600", '"\U0001f600"'),
+    ],
+)
+def test_go_quote_is_strconv_quote(text: str, quoted: str) -> None:
+    assert http.go_quote(text) == quoted
+
+
+def test_drained_body_is_gos_indented_message() -> None:
+    assert http.drained_json(WEB_ALPHA) == (
+        b'{\n  "Message": "Service \\"web\\" instance \\"aaa111aaa111\\" set to DRAINING"\n}'
+    )
+
+
+def test_document_json_indents_our_documents_the_same_way() -> None:
+    expected = '{\n  "Rejections": [],\n  "b": {\n    "x": [\n      1,\n      "é"\n    ]\n  }\n}'
+    assert http.document_json({"Rejections": [], "b": {"x": [1, "é"]}}) == expected.encode()
+    with pytest.raises(ValueError, match="Out of range float"):
+        http.document_json({"x": float("nan")})
+
+
+# ---------------------------------------------------------------- trust
+
+
+@pytest.mark.parametrize(
+    "peer",
+    ["127.0.0.1", "127.0.0.2", "127.255.255.254", "::1", "::ffff:127.0.0.1"],
+)
+def test_loopback_peers_may_drain_without_a_token(peer: str) -> None:
+    assert http.is_trusted(peer, None, "")
+    assert not http.is_trusted(peer, None, "", trust_loopback=False)
+
+
+@pytest.mark.parametrize(
+    "peer",
+    ["10.0.0.5", "192.168.168.168", "0.0.0.0", "::", "fe80::1%eth0", "::ffff:10.0.0.1", "", None],
+)
+def test_other_peers_need_the_token(peer: str | None) -> None:
+    assert not http.is_trusted(peer, None, "s3cret")
+    assert not http.is_trusted(peer, "Bearer wrong", "s3cret")
+    assert not http.is_trusted(peer, "Bearer s3cret-and-more", "s3cret")
+    assert not http.is_trusted(peer, "Basic s3cret", "s3cret")
+    assert not http.is_trusted(peer, "s3cret", "s3cret")
+    assert http.is_trusted(peer, "Bearer s3cret", "s3cret")
+    assert http.is_trusted(peer, "bearer  s3cret ", "s3cret")
+
+
+def test_an_empty_configured_token_never_matches() -> None:
+    assert not http.is_trusted("10.0.0.5", "Bearer ", "")
+    assert not http.is_trusted("10.0.0.5", "Bearer", "")
