@@ -134,12 +134,12 @@ def test_the_daemon_serves_containers_through_haproxy_and_its_api(
     drained = http_request(api_url(env, f"/api/services/{first.id[:12]}/drain"), method="POST")
     assert drained.status == 202, drained.body
     assert b"set to DRAINING" in drained.body
-    wait_for(lambda: record(env, name, first.id[:12])["Status"] == 3, what="DRAINING listed")
+    wait_for(lambda: record(env, name, first.id[:12])["Status"] == 4, what="DRAINING listed")
     wait_for(lambda: served_by(url) == {second.id[:12]}, what="the drained one gets no requests")
 
     second.stop(timeout=5)
     wait_for(
-        lambda: record(env, name, second.id[:12])["Status"] == 4, what="the stopped one a tombstone"
+        lambda: record(env, name, second.id[:12])["Status"] == 1, what="the stopped one a tombstone"
     )
     wait_for(lambda: not_served(url), what="no frontend left once nothing is ALIVE")
 
@@ -191,6 +191,7 @@ def test_watch_streams_a_document_per_change(spawn, daemon_env, run_container, t
     finally:
         curl.kill()
         curl.wait()
+        curl.stdout.close()
 
 
 @pytest.mark.parametrize(

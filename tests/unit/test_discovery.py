@@ -328,8 +328,6 @@ def test_observed_records_take_the_status_their_checks_decided():
 
 def test_the_advertise_ip_is_the_first_private_ipv4_not_excluded():
     addresses = ["127.0.0.1", "192.0.2.2", "fd00::1", "192.168.168.168", "172.17.0.1", "10.1.1.1"]
-    assert (
-        discovery.choose_advertise_ip(addresses, excluded=["192.168.168.168"]) == "172.17.0.1"
-    )
+    assert discovery.choose_advertise_ip(addresses, excluded=["192.168.168.168"]) == "172.17.0.1"
     assert discovery.choose_advertise_ip(addresses) == "192.168.168.168"
     assert discovery.choose_advertise_ip(["127.0.0.1", "203.0.113.9", "172.32.0.1"]) is None
