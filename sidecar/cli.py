@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from sidecar import __version__, simulate
 from sidecar.state import codec, discovery
@@ -219,25 +220,30 @@ def _plan_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     source = plan.add_mutually_exclusive_group()
     source.add_argument(
         "--api",
-        default="http://127.0.0.1:7777",
-        help="the local daemon, whose /api/state.json is read (http://127.0.0.1:7777)",
+        help="the local daemon, whose /api/state.json is read (default: sidecar.http_address, "
+        "with 0.0.0.0 read as 127.0.0.1)",
     )
     source.add_argument(
         "--state", metavar="FILE", help="a saved /api/state.json document (- = stdin)"
     )
+    plan.add_argument("--config", help="the daemon's TOML file (sidecar.toml if it exists)")
     plan.add_argument("--template", metavar="FILE", help="preview this Jinja2 template instead")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
-    plan.add_argument("--bind-ip", default="192.168.168.168", help="HAProxy bind IP")
-    plan.add_argument("--use-hostnames", action="store_true", help="servers by host name, not IP")
-    plan.add_argument("--user", default="", help="HAProxy's user, if the config sets one")
-    plan.add_argument("--group", default="", help="HAProxy's group, if the config sets one")
-    plan.add_argument("--stats-port", type=int, default=3212)
-    plan.add_argument("--stats-backend-port", type=int, default=32012)
-    plan.add_argument("--config-file", default="/etc/haproxy/haproxy.cfg")
-    plan.add_argument("--haproxy-mode", choices=("managed", "external"), default="managed")
-    plan.add_argument("--master-socket", default="/var/run/sidecar/haproxy-master.sock")
-    plan.add_argument("--admin-socket", default="/var/run/haproxy_stats.sock")
-    plan.add_argument("--interface", default="lo", help="where the bind IP lives (lo)")
+    # The daemon's settings come from its configuration (file, then environment); these
+    # flags override them, e.g. to look at another HAProxy.
+    plan.add_argument("--bind-ip", help="haproxy.bind_ip")
+    plan.add_argument(
+        "--use-hostnames", action="store_true", default=None, help="haproxy.use_hostnames"
+    )
+    plan.add_argument("--user", help="haproxy.user")
+    plan.add_argument("--group", help="haproxy.group")
+    plan.add_argument("--stats-port", type=int, help="haproxy.stats_port")
+    plan.add_argument("--stats-backend-port", type=int, help="haproxy.stats_backend_port")
+    plan.add_argument("--config-file", help="haproxy.config_file")
+    plan.add_argument("--haproxy-mode", choices=("managed", "external"), help="haproxy.mode")
+    plan.add_argument("--master-socket", help="haproxy.master_socket")
+    plan.add_argument("--admin-socket", help="haproxy.admin_socket")
+    plan.add_argument("--interface", help="haproxy.interface")
 
 
 class _PlanError(Exception):
@@ -288,32 +294,51 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"sidecar plan: {message}", file=sys.stderr)
         return 1
 
+    from sidecar import config as configuration
+
+    try:
+        config = configuration.load(
+            path=args.config or configuration.config_path(), required=args.config is not None
+        )
+    except configuration.ConfigError as exc:
+        return fail(str(exc))
+    h = config.haproxy
+
+    def given(flag: str, configured: Any) -> Any:
+        value = getattr(args, flag)
+        return configured if value is None else value
+
+    if args.api is None and args.state is None:
+        host, port = config.sidecar.http_listen()
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        args.api = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    config_file = given("config_file", h.config_file)
     try:
         state = codec.decode_state(_read_state(args))
-        template = None
-        if args.template:
+        template, template_file = None, args.template or h.template_file
+        if template_file:
             try:
-                template = Path(args.template).read_text()
+                template = Path(template_file).read_text()
             except OSError as exc:
-                raise _PlanError(f"cannot read {args.template}: {exc.strerror}") from None
+                raise _PlanError(f"cannot read {template_file}: {exc.strerror}") from None
         settings = HaproxySettings(
-            bind_ip=args.bind_ip,
-            use_hostnames=args.use_hostnames,
-            user=args.user,
-            group=args.group,
-            admin_socket=args.admin_socket,
-            stats_port=args.stats_port,
-            stats_backend_port=args.stats_backend_port,
+            bind_ip=given("bind_ip", h.bind_ip),
+            use_hostnames=given("use_hostnames", h.use_hostnames),
+            user=given("user", h.user),
+            group=given("group", h.group),
+            admin_socket=given("admin_socket", h.admin_socket),
+            stats_port=given("stats_port", h.stats_port),
+            stats_backend_port=given("stats_backend_port", h.stats_backend_port),
             template=template,
-            template_name=args.template or "the shipped template",
+            template_name=template_file or "the shipped template",
         )
         table = views.routing_table(state)
         want = desired(table, settings, now=time.time_ns())
         options = HaproxyOptions(
-            config_file=Path(args.config_file),
-            master_socket=Path(args.master_socket),
-            admin_socket=Path(args.admin_socket),
-            mode=args.haproxy_mode,
+            config_file=Path(config_file),
+            master_socket=Path(given("master_socket", h.master_socket)),
+            admin_socket=Path(given("admin_socket", h.admin_socket)),
+            mode=given("haproxy_mode", h.mode),
         )
         actual = asyncio.run(Haproxy(options).read_actual())
         if not actual.running:
@@ -323,15 +348,13 @@ def _plan(args: argparse.Namespace) -> int:
                 "with (is the daemon running? --haproxy-mode/--master-socket/--admin-socket "
                 "say where to look)"
             )
-        bound = IpBinder(args.interface).bound()
+        bound = IpBinder(given("interface", h.interface)).bound()
     except (_PlanError, codec.RecordRejected, TemplateError, IpBindError) as exc:
         prefix = "the cluster state was refused: " if isinstance(exc, codec.RecordRejected) else ""
         return fail(f"{prefix}{exc}")
     actual = dataclasses.replace(actual, bound_ips=bound)
     actions = plan(want, actual)
-    document = report.plan_report(
-        want, actual, actions, table.excluded, config_file=args.config_file
-    )
+    document = report.plan_report(want, actual, actions, table.excluded, config_file=config_file)
     if args.json:
         print(json.dumps(document, indent=2))
     else:
@@ -449,6 +472,15 @@ def _run(args: argparse.Namespace) -> int:
     log.info("sidecar %s on %s, advertising %s", __version__, hostname, advertise_ip)
     for line in configuration.describe(config):
         log.info("config: %s", line)
+    for notice in configuration.notices(config):
+        log.info("config: %s", notice)
+    not_yet = {
+        "sidecar.seeds": config.sidecar.seeds,
+        "listeners.urls": config.listeners.urls,
+    }
+    for key, value in not_yet.items():
+        if value:
+            log.warning("config: %s is set, but this sidecar does not do that yet; ignored", key)
     daemon = Daemon(config, hostname=hostname, advertise_ip=advertise_ip, template=template)
 
     async def main() -> None:

@@ -40,6 +40,8 @@ def plan_args(options, settings, *extra):
         str(settings.stats_port),
         "--stats-backend-port",
         str(settings.stats_backend_port),
+        "--user",
+        settings.user,
         *extra,
     ]
 

@@ -131,6 +131,22 @@ def test_the_daemon_serves_containers_through_haproxy_and_its_api(
 
     wait_for(lambda: served_by(url) == ids, what="HAProxy serving both containers", timeout=30)
 
+    # `sidecar plan` with the daemon's own configuration (its environment) finds it converged.
+    plan = subprocess.run(
+        [sys.executable, "-m", "sidecar", "plan"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (plan.returncode, plan.stderr) == (0, ""), plan.stdout
+    assert "Nothing to change" in plan.stdout
+    served = json.loads(http_request(api_url(env, "/api/plan")).body)
+    assert served["applied"] is True
+    assert served["error"] is None
+
     drained = http_request(api_url(env, f"/api/services/{first.id[:12]}/drain"), method="POST")
     assert drained.status == 202, drained.body
     assert b"set to DRAINING" in drained.body
