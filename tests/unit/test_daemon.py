@@ -1,0 +1,91 @@
+"""The daemon's own decisions without running it: what SIGHUP takes, what metrics say."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar import config as configuration
+from sidecar.daemon import Daemon
+from sidecar.host import HostObservation
+from sidecar.state import times
+from sidecar.state.model import Port, Service, Status
+
+T0 = 1_700_000_000 * times.NANOS_PER_SECOND
+ENV = {"SIDECAR_DISCOVERY": "static", "HAPROXY_BIND_IP": "127.0.0.9"}
+
+
+def daemon(**env):
+    config = configuration.load(path=None, environ={**ENV, **env})
+    return Daemon(config, hostname="me", advertise_ip="127.0.0.1")
+
+
+def web(sid="a1", status=Status.ALIVE):
+    return Service(
+        id=sid,
+        name="web",
+        image="web:1",
+        created=T0,
+        hostname="me",
+        ports=(Port(type="tcp", port=30001, service_port=8080, ip="127.0.0.1"),),
+        updated=0,
+        proxy_mode="http",
+        status=status,
+    )
+
+
+def test_sighup_applies_what_can_change_live_and_names_the_rest():
+    d = daemon()
+    new = configuration.load(
+        path=None,
+        environ={
+            **ENV,
+            "HAPROXY_APPLY": "false",
+            "HAPROXY_DEBOUNCE_MAX": "2s",
+            "SIDECAR_CHECK_INTERVAL": "9s",
+        },
+    )
+
+    async def scenario():
+        return d.reload(new, template="# mine\n")
+
+    said = asyncio.run(scenario())
+    assert "haproxy.apply is now False" in said
+    assert "haproxy.debounce_max is now 2.0" in said
+    assert "sidecar.check_interval changed: takes effect at the next start" in said
+    assert d.reconciler.apply is False
+    assert d.reconciler.max_wait == 2.0
+    assert d.reconciler.settings.template == "# mine\n"
+
+
+def test_observations_become_own_records_and_metrics_count_them():
+    d = daemon()
+
+    async def scenario():
+        d._observe(HostObservation((web("a1"), web("b2", Status.UNHEALTHY)), (), T0))
+        return d.metrics()
+
+    families = {f.name: f for f in text_string_to_metric_families(asyncio.run(scenario()).decode())}
+    by_status = {s.labels["status"]: s.value for s in families["sidecar_services"].samples}
+    assert by_status["alive"] == 1
+    assert by_status["unhealthy"] == 1
+    assert by_status["tombstone"] == 0
+    assert families["sidecar_peers"].samples[0].value == 0
+    assert families["sidecar_state_changes"].samples[0].value == 1
+    assert {r.id: r.status for r in d.state().own_records()} == {
+        "a1": Status.ALIVE,
+        "b2": Status.UNHEALTHY,
+    }
+
+
+def test_a_drain_is_refused_for_an_unknown_or_foreign_id():
+    d = daemon()
+
+    async def scenario():
+        d._observe(HostObservation((web("a1"),), (), T0))
+        return await d.drain("nope"), await d.drain("a1")
+
+    missing, drained = asyncio.run(scenario())
+    assert missing is None
+    assert drained.status is Status.DRAINING
