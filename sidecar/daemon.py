@@ -324,7 +324,10 @@ class Daemon:
 
     async def _follow(self, observations: asyncio.Queue[HostObservation]) -> None:
         while True:
-            self._observe(await observations.get())
+            observation = await observations.get()
+            while not observations.empty():  # each is whole: only the newest matters
+                observation = observations.get_nowait()
+            self._observe(observation)
 
     async def _ticks(self) -> None:
         while True:

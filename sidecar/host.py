@@ -122,8 +122,13 @@ class HostDiscovery:
                         item = await inputs.get()
                 except TimeoutError:
                     item = None  # the outage grace ran out
-                self._fold(item)
-                await self._emit(out, runner)
+                changed = self._fold(item)
+                # Whatever else is already queued is folded in too, then one emit: a burst
+                # of check results or Docker events is one observation, not one each.
+                while not inputs.empty():
+                    changed = self._fold(inputs.get_nowait()) or changed
+                if changed:
+                    await self._emit(out, runner)
         finally:
             for task in tasks:
                 task.cancel()
@@ -143,7 +148,9 @@ class HostDiscovery:
         left = self._unreachable_since + self._grace - self._clock()
         return None if left < 0 else left / 1e9 + 0.001
 
-    def _fold(self, item: object) -> None:
+    def _fold(self, item: object) -> bool:
+        """Take one input in; return whether what this host serves may have changed (a check
+        result that leaves the service's status as it was changes nothing)."""
         if isinstance(item, ContainerListing):
             self._listing = item.containers
             self._unreachable_since = None
@@ -162,13 +169,15 @@ class HostDiscovery:
                 else "unhealthy"
             ] += 1
             observed = self._observed.get(service_id)
-            if observed is not None and outcome.healthy is not None:
-                self._health[service_id] = discovery.record_result(
-                    self._health.get(service_id, Health()),
-                    healthy=outcome.healthy,
-                    rise=observed.check.rise,
-                    fall=observed.check.fall,
-                )
+            if observed is None or outcome.healthy is None:
+                return False
+            before = self._health.get(service_id, Health())
+            after = discovery.record_result(
+                before, healthy=outcome.healthy, rise=observed.check.rise, fall=observed.check.fall
+            )
+            self._health[service_id] = after
+            return after.status is not before.status
+        return True
 
     async def _emit(self, out: asyncio.Queue[HostObservation], runner: CheckRunner) -> None:
         now = self._clock()

@@ -47,18 +47,15 @@ _SERVER_LINE: Final = re.compile(r"\n[ \t]*server[ \t][^\n]*")
 _TIME_MARK: Final = "+0000 UTC"  # in every RENDERED_TIME; cheap to look for first
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSpec:
-    """A `server` line: where it sends, and the keywords after the address, as written."""
+ServerSpec = tuple[str, int, str]
+"""A `server` line, parsed: (the address as written, the port, the text after address:port).
+A plain tuple of atoms, which CPython's collector stops tracking: a config at 10,000
+services holds tens of thousands, and tracked objects make every full collection slower."""
 
-    address: str
-    port: int
-    rest: str = ""  # the text after address:port
 
-    @property
-    def options(self) -> tuple[str, ...]:
-        """Return the keywords after the address, one word each."""
-        return tuple(self.rest.split())
+def _options(spec: ServerSpec) -> tuple[str, ...]:
+    """Return the keywords after a server's address, one word each."""
+    return tuple(spec[2].split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +79,7 @@ def _parse(config: str) -> _Parsed:
     for name, address, port, rest, keyword, args in _LINE.findall("\n" + config + "\n"):
         if name:
             if backend is not None:
-                backend[name] = ServerSpec(address, int(port), rest.strip())
+                backend[name] = (address, int(port), rest.strip())
         elif keyword == "cookie":
             if in_defaults:
                 defaults_cookie = True
@@ -111,7 +108,7 @@ def server_specs(config: str) -> Mapping[str, Mapping[str, ServerSpec]]:
 def servers_in(config: str) -> dict[str, dict[str, Address]]:
     """Return the servers a config declares: backend -> server -> (address, port)."""
     return {
-        backend: {name: (spec.address, spec.port) for name, spec in names.items()}
+        backend: {name: (spec[0], spec[1]) for name, spec in names.items()}
         for backend, names in _parse(config).servers.items()
     }
 
@@ -213,13 +210,11 @@ class Action:
 def _effective(spec: ServerSpec, *, cookies: bool) -> tuple[str, ...]:
     """Return the keywords that change what a server does: `cookie` only counts where the
     backend declares one."""
-    return spec.options if cookies else runtime_options(spec.options)
+    return _options(spec) if cookies else runtime_options(_options(spec))
 
 
 def _same_options(old: ServerSpec, new: ServerSpec, *, cookies: bool) -> bool:
-    return old.rest == new.rest or _effective(old, cookies=cookies) == _effective(
-        new, cookies=cookies
-    )
+    return old[2] == new[2] or _effective(old, cookies=cookies) == _effective(new, cookies=cookies)
 
 
 def _reload_reason(desired: Desired, actual: Actual) -> str | None:
@@ -281,25 +276,16 @@ def _server_actions(wanted: Mapping[str, Mapping[str, ServerSpec]], actual: Actu
             )
         for name in sorted(servers):
             spec = servers[name]
+            address, port, _ = spec
             if name not in running:
-                actions.append(
-                    Action(
-                        "add-server",
-                        f"{name} joined {backend}",
-                        backend,
-                        name,
-                        spec.address,
-                        spec.port,
-                        runtime_options(spec.options),
-                    )
-                )
+                options = runtime_options(_options(spec))
+                joined = f"{name} joined {backend}"
+                actions.append(Action("add-server", joined, backend, name, address, port, options))
                 continue
-            if running[name] != (spec.address, spec.port):
+            if running[name] != (address, port):
                 was = "{}:{}".format(*running[name])
-                moved = f"{name} moved from {was} to {spec.address}:{spec.port}"
-                actions.append(
-                    Action("set-server-addr", moved, backend, name, spec.address, spec.port)
-                )
+                moved = f"{name} moved from {was} to {address}:{port}"
+                actions.append(Action("set-server-addr", moved, backend, name, address, port))
             if (backend, name) in actual.disabled:
                 actions.append(
                     Action(

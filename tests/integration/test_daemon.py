@@ -249,3 +249,27 @@ def test_an_unknown_key_in_the_file_is_named(daemon_env, tmp_path):
     assert result.returncode == 1
     assert "bnd_ip" in result.stderr
     assert "unknown" in result.stderr
+
+
+def test_observe_only_plans_without_touching_haproxy(spawn, daemon_env, run_container, test_image):
+    env = {**daemon_env, "HAPROXY_APPLY": "false"}
+    start(spawn, env)
+    wait_for(lambda: http_request(api_url(env, "/healthz")).status == 200, what="/healthz")
+    name = f"observed-{uuid.uuid4().hex[:6]}"
+    run_container(
+        test_image,
+        SERVES_ITS_NAME,
+        labels={"ServiceName": name, "ServicePort_80": "18998"},
+        publish_all_ports=True,
+    )
+
+    def planned():
+        document = json.loads(http_request(api_url(env, "/api/plan")).body)
+        return document if f"+frontend {name}-18998" in document["diff"] else None
+
+    document = wait_for(planned, what="the new service in the observed plan", timeout=30)
+    assert document["apply"] is False
+    assert document["pending"] is True
+    assert [a["kind"] for a in document["actions"]] == ["write", "start"]
+    assert not os.path.exists(env["HAPROXY_CONFIG_FILE"])
+    assert not os.path.exists(env["HAPROXY_MASTER_SOCKET"])
