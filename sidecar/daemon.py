@@ -212,14 +212,19 @@ class Daemon:
         return self._state.get(self.hostname, service_id)
 
     def plan(self) -> Mapping[str, Any] | None:
-        """Return the last plan (what `sidecar plan --json` shows), or None without HAProxy."""
+        """Return what is pending on this host's HAProxy (the `sidecar plan --json` document)
+        as of the last reconcile, with `apply`, `applied` (the actions it carried out then)
+        and `error`; None without HAProxy."""
         if self.reconciler is None:
             return None
         report = dict(self.reconciler.last_report or {"pending": False, "actions": []})
         last = self.reconciler.last
         report["apply"] = self.reconciler.apply
-        report["applied"] = bool(last is not None and last.applied and last.error is None)
+        report["applied"] = [] if last is None else [a.describe() for a in last.done]
         report["error"] = None if last is None else last.error
+        if last is not None and last.applied and last.error is None and last.deferred is None:
+            # Carried out: nothing of it is pending any more.
+            report.update(pending=False, actions=[], diff="")
         return report
 
     def rejections(self) -> Sequence[Mapping[str, Any]]:

@@ -144,7 +144,7 @@ def test_the_daemon_serves_containers_through_haproxy_and_its_api(
     assert (plan.returncode, plan.stderr) == (0, ""), plan.stdout
     assert "Nothing to change" in plan.stdout
     served = json.loads(http_request(api_url(env, "/api/plan")).body)
-    assert served["applied"] is True
+    assert served["pending"] is False
     assert served["error"] is None
 
     drained = http_request(api_url(env, f"/api/services/{first.id[:12]}/drain"), method="POST")
