@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar import __version__, simulate
 from sidecar.state import codec, discovery
@@ -412,6 +412,41 @@ def setup_logging(*, level: str, json_format: bool) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+if TYPE_CHECKING:
+    from sidecar.config import Config
+
+    _Loaded = tuple[Config, str | None]
+
+
+class _StartError(Exception):
+    """What stops `sidecar run` (or a SIGHUP reload); the message says what and why."""
+
+
+def _load_run_config(args: argparse.Namespace, overrides: dict[str, object]) -> _Loaded:
+    """Return the configuration and the HAProxy template's text (None: the shipped one)."""
+    from sidecar import config as configuration
+
+    try:
+        config = configuration.load(
+            path=args.config or configuration.config_path(),
+            required=args.config is not None,
+            overrides=overrides,
+        )
+    except configuration.ConfigError as exc:
+        raise _StartError(str(exc)) from None
+    template = None
+    if config.haproxy.template_file and not config.haproxy.disable:
+        try:
+            with open(config.haproxy.template_file) as text:
+                template = text.read()
+        except OSError as exc:
+            raise _StartError(
+                f"cannot read haproxy.template_file {config.haproxy.template_file!r}: "
+                f"{exc.strerror}"
+            ) from None
+    return config, template
+
+
 def _run(args: argparse.Namespace) -> int:
     from sidecar import config as configuration
     from sidecar.adapters.ipbind import IpBindError, host_ipv4_addresses
@@ -428,12 +463,8 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     try:
-        config = configuration.load(
-            path=args.config or configuration.config_path(),
-            required=args.config is not None,
-            overrides=overrides,
-        )
-    except configuration.ConfigError as exc:
+        config, template = _load_run_config(args, overrides)
+    except _StartError as exc:
         print(f"sidecar run: {exc}", file=sys.stderr)
         return 1
     setup_logging(
@@ -457,18 +488,6 @@ def _run(args: argparse.Namespace) -> int:
             )
             return 1
         advertise_ip = chosen
-    template = None
-    if config.haproxy.template_file and not config.haproxy.disable:
-        try:
-            with open(config.haproxy.template_file) as text:
-                template = text.read()
-        except OSError as exc:
-            print(
-                f"sidecar run: cannot read haproxy.template_file "
-                f"{config.haproxy.template_file!r}: {exc.strerror}",
-                file=sys.stderr,
-            )
-            return 1
     log.info("sidecar %s on %s, advertising %s", __version__, hostname, advertise_ip)
     for line in configuration.describe(config):
         log.info("config: %s", line)
@@ -501,31 +520,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _reload(daemon: object, args: argparse.Namespace, overrides: dict[str, object]) -> None:
     """SIGHUP: re-read the configuration; apply what can change while running."""
-    from sidecar import config as configuration
     from sidecar.daemon import Daemon
 
     assert isinstance(daemon, Daemon)
     log = logging.getLogger("sidecar")
     try:
-        config = configuration.load(
-            path=args.config or configuration.config_path(),
-            required=args.config is not None,
-            overrides=overrides,
-        )
-    except configuration.ConfigError as exc:
+        config, template = _load_run_config(args, overrides)
+    except _StartError as exc:
         log.error("SIGHUP: configuration not reloaded: %s", exc)
         return
-    template = None
-    if config.haproxy.template_file:
-        try:
-            with open(config.haproxy.template_file) as text:
-                template = text.read()
-        except OSError as exc:
-            log.error(
-                "SIGHUP: configuration not reloaded: cannot read haproxy.template_file %r: %s",
-                config.haproxy.template_file,
-                exc.strerror,
-            )
-            return
     changes = daemon.reload(config, template=template)
     log.info("SIGHUP: %s", "; ".join(changes) or "nothing changed")
