@@ -273,3 +273,21 @@ def test_observe_only_plans_without_touching_haproxy(spawn, daemon_env, run_cont
     assert [a["kind"] for a in document["actions"]] == ["write", "start"]
     assert not os.path.exists(env["HAPROXY_CONFIG_FILE"])
     assert not os.path.exists(env["HAPROXY_MASTER_SOCKET"])
+
+
+def test_sighup_takes_a_new_template_without_a_restart(spawn, daemon_env, tmp_path):
+    from sidecar.reconcile.desired import SHIPPED_TEMPLATE
+
+    template = tmp_path / "haproxy.cfg.j2"
+    template.write_text("# template v1\n" + SHIPPED_TEMPLATE)
+    env = {**daemon_env, "HAPROXY_TEMPLATE_FILE": str(template)}
+    proc = start(spawn, env)
+    config = tmp_path / "haproxy" / "haproxy.cfg"
+    wait_for(lambda: config.exists() and "# template v1" in config.read_text(), what="v1 rendered")
+
+    template.write_text("# template v2\n" + SHIPPED_TEMPLATE)
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "# template v2" in config.read_text(), what="v2 rendered after SIGHUP")
+    assert proc.poll() is None
+    assert "SIGHUP: haproxy.template_file" not in spawn.log("sidecar")  # same path, new text
+    assert "SIGHUP:" in spawn.log("sidecar")
