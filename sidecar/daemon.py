@@ -64,7 +64,7 @@ class Daemon:
         self._observed: tuple[Service, ...] = ()
         self._rejected: tuple[Rejected, ...] = ()
         self._version = 0
-        self._changed = asyncio.Condition()
+        self._change = asyncio.Event()  # set (and replaced) on every change
         self.merges = 0  # state changes made (stamps, drains, expiries that changed something)
         self.events: Counter[str] = Counter()  # change events by new status
         self.host = self._host_discovery()
@@ -151,8 +151,7 @@ class Daemon:
         for event in result.events:
             self.events[event.service.status.label()] += 1
             log.info(
-                "%s %s (%s) on %s: %s -> %s",
-                "service",
+                "service %s (%s) on %s: %s -> %s",
                 event.service.name,
                 event.service.id,
                 event.service.hostname,
@@ -164,11 +163,9 @@ class Daemon:
         self._notify()
 
     def _notify(self) -> None:
-        async def wake() -> None:
-            async with self._changed:
-                self._changed.notify_all()
-
-        asyncio.get_running_loop().create_task(wake())
+        # Waiters hold the event they wait on; the next change gets a fresh one.
+        self._change.set()
+        self._change = asyncio.Event()
 
     def _observe(self, observation: HostObservation) -> None:
         self._observed = observation.services
@@ -196,9 +193,8 @@ class Daemon:
         seen = self._version
         yield self._state
         while True:
-            async with self._changed:
-                while self._version == seen:
-                    await self._changed.wait()
+            if self._version == seen:
+                await self._change.wait()
             seen = self._version
             yield self._state
 
