@@ -264,8 +264,8 @@ class Daemon:
 
     def reload(self, config: Config, *, template: str | None = None) -> list[str]:
         """Take what can change while running from a new configuration (the logging level,
-        the HAProxy template, apply and debounce); return what changed, and what needs a
-        restart to take effect."""
+        the HAProxy template, apply, debounce, what to do at exit); return what changed, and
+        what needs a restart to take effect."""
         said: list[str] = []
         old, new = self.config.model_dump(), config.model_dump()
         live = {
@@ -274,15 +274,27 @@ class Daemon:
             ("haproxy", "apply"),
             ("haproxy", "debounce_min"),
             ("haproxy", "debounce_max"),
+            ("haproxy", "stop_on_exit"),
+            ("haproxy", "release_ip"),
         }
+        taken: dict[str, dict[str, Any]] = {}
         for section, values in new.items():
             for key, value in values.items():
                 if old[section][key] == value:
                     continue
                 if (section, key) in live:
+                    taken.setdefault(section, {})[key] = value
                     said.append(f"{section}.{key} is now {value!r}")
                 else:
                     said.append(f"{section}.{key} changed: takes effect at the next start")
+        # The running configuration takes the live values only, so a later SIGHUP still
+        # names what waits for a restart. (Values from a validated Config: no re-validation.)
+        self.config = self.config.model_copy(
+            update={
+                section: getattr(self.config, section).model_copy(update=values)
+                for section, values in taken.items()
+            }
+        )
         level = config.sidecar.logging_level
         logging.getLogger().setLevel({"warn": logging.WARNING}.get(level, level.upper()))
         if self.reconciler is not None:

@@ -89,3 +89,16 @@ def test_a_drain_is_refused_for_an_unknown_or_foreign_id():
     missing, drained = asyncio.run(scenario())
     assert missing is None
     assert drained.status is Status.DRAINING
+
+
+def test_sighup_keeps_naming_what_waits_for_a_restart():
+    d = daemon()
+    new = configuration.load(
+        path=None, environ={**ENV, "HAPROXY_STOP_ON_EXIT": "true", "SIDECAR_CHECK_INTERVAL": "9s"}
+    )
+    first = d.reload(new)
+    again = d.reload(new)
+    assert "haproxy.stop_on_exit is now True" in first
+    assert d.config.haproxy.stop_on_exit is True
+    assert d.config.sidecar.check_interval == 3.0  # still the running value
+    assert again == ["sidecar.check_interval changed: takes effect at the next start"]
