@@ -435,7 +435,9 @@ class ClusterSim(RuleBasedStateMachine):
         in flight at teardown among 6 nodes needed more than 2,000.)
         """
         versions = {
-            (r.hostname, r.id, r.updated, r.status) for n in self._alive() for r in n.state.records()
+            (r.hostname, r.id, r.updated, r.status)
+            for n in self._alive()
+            for r in n.state.records()
         }
         for message in self.inflight:
             if message.kind == "records":
