@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
+from procs import alive, kill_pids, pids_mentioning
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import ENV_VARS
@@ -185,13 +186,6 @@ def _stat_fields(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def alive(pid: int) -> bool:
-    try:
-        return _stat_fields(pid)[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     """Return /proc/PID/status's VmRSS (or another field given in kB) in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -219,36 +213,6 @@ def children_of(pid: int) -> list[int]:
                 if int(_stat_fields(int(entry.name))[1]) == pid:
                     found.append(int(entry.name))
     return sorted(found)
-
-
-def pids_mentioning(marker: str) -> list[int]:
-    """Return the live processes whose command line contains `marker` (our temp dir)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmdline and alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def kill_pids(pids: Sequence[int], *, grace: float = 3.0) -> None:
-    """SIGTERM the given processes, wait up to `grace`, then SIGKILL what is left."""
-    pids = [p for p in pids if alive(p)]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
-        time.sleep(0.05)
-    for pid in pids:
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def master_cli(path: Path, command: str, *, limit: float = 5.0) -> str:

@@ -59,6 +59,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procs import alive, kill_pids, pids_mentioning
+
 from sidecar.adapters.haproxy import Haproxy, HaproxyOptions, ProcInfo
 from sidecar.reconcile.desired import HaproxySettings, desired
 from sidecar.reconcile.loop import Reconciler
@@ -113,45 +115,6 @@ def pick_port(ip: str, rng: random.Random, taken: set[int]) -> int:
 
 
 # ---------------------------------------------------------------------------- processes
-
-
-def _alive(pid: int) -> bool:
-    """Return whether `pid` runs (a zombie does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def pids_mentioning(marker: str) -> list[int]:
-    """Return the live processes whose command line contains `marker` (our temp dir)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmdline and _alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def kill_pids(pids: Sequence[int], *, grace: float = 3.0) -> None:
-    """SIGTERM the given processes, wait up to `grace`, then SIGKILL what is left."""
-    pids = [p for p in pids if _alive(p)]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
-    for pid in pids:
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def listen_overflows() -> int:
@@ -577,7 +540,7 @@ class GoReloader:
         code, out = await _shell(self.reload)
         with contextlib.suppress(OSError, ValueError):
             self.seen.update(int(p) for p in self.pid.read_text().split())
-        self.most_alive = max(self.most_alive, sum(_alive(p) for p in self.seen))
+        self.most_alive = max(self.most_alive, sum(alive(p) for p in self.seen))
         if code != 0:
             return f"Error running '{self.reload}': exit status {code}\n{out}"
         return None
