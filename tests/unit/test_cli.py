@@ -43,3 +43,25 @@ def test_bad_simulation_arguments_are_refused_with_the_value(capsys):
     with pytest.raises(SystemExit):
         cli.main(["simulate", "--loss", "1.5"])
     assert "--loss must be in [0, 1), got 1.5" in capsys.readouterr().err
+
+
+def test_json_logs_are_one_object_per_line(capsys):
+    import json
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        cli.setup_logging(level="debug", json_format=True)
+        logging.getLogger("sidecar.test").info("hello %s", "world")
+        logging.getLogger("sidecar.test").debug("details")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    lines = capsys.readouterr().err.strip().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert [(e["level"], e["logger"], e["message"]) for e in entries] == [
+        ("info", "sidecar.test", "hello world"),
+        ("debug", "sidecar.test", "details"),
+    ]
+    assert all("time" in e for e in entries)
