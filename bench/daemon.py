@@ -58,13 +58,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
-from procs import alive, kill_pids, pids_mentioning
+from procs import alive, kill_pids, pids_mentioning, sigterm_as_interrupt
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import ENV_VARS
@@ -952,18 +952,6 @@ def _cpu_text(w: CpuWindow) -> str:
 
 
 # ---------------------------------------------------------------------------- main
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    def interrupt(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main() -> None:

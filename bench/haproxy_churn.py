@@ -55,11 +55,11 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import alive, kill_pids, pids_mentioning
+from procs import alive, kill_pids, pids_mentioning, sigterm_as_interrupt
 
 from sidecar.adapters.haproxy import Haproxy, HaproxyOptions, ProcInfo
 from sidecar.reconcile.desired import HaproxySettings, desired
@@ -800,18 +800,6 @@ async def churn(
         if not backends.all_running():
             raise RuntimeError("a backend process stopped during the run")
     return runs
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    def interrupt(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main() -> None:

@@ -242,12 +242,15 @@ class Daemon:
         return found
 
     def health(self) -> tuple[bool, Mapping[str, Any]]:
-        """Return whether this sidecar works, with details (HAProxy's last error)."""
+        """Return whether this sidecar does its job — discovery runs, and HAProxy (when
+        managed) follows the state: its last apply did not fail — with details."""
         details: dict[str, Any] = {"hostname": self.hostname, "services": self._own_count()}
+        healthy = True
         if self.reconciler is not None:
             last = self.reconciler.last
             details["haproxy_error"] = None if last is None else last.error
-        return True, details
+            healthy = last is None or last.error is None
+        return healthy, details
 
     def _own_count(self) -> int:
         return sum(1 for r in self._state.own_records() if r.status is not Status.TOMBSTONE)

@@ -243,8 +243,10 @@ class Reconciler:
         try:
             await self._carry_out(again, done)
         except ApplyError as exc:
+            retry = "next-change" if isinstance(exc, ConfigRejected) else "on-error"
             return self._finish(
-                Outcome(actions + again, tuple(done), error=f"{why}; then: {exc}", fallback=True)
+                Outcome(actions + again, tuple(done), error=f"{why}; then: {exc}", fallback=True),
+                retry=retry,
             )
         return self._finish(Outcome(actions + again, tuple(done), fallback=True))
 

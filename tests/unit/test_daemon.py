@@ -102,3 +102,16 @@ def test_sighup_keeps_naming_what_waits_for_a_restart():
     assert d.config.haproxy.stop_on_exit is True
     assert d.config.sidecar.check_interval == 3.0  # still the running value
     assert again == ["sidecar.check_interval changed: takes effect at the next start"]
+
+
+def test_health_fails_while_haproxy_does_not_follow_the_state():
+    from sidecar.reconcile.loop import Outcome
+
+    d = daemon()
+    assert d.health()[0] is True  # nothing tried yet
+    d.reconciler.last = Outcome((), error="HAProxy did not start: [ALERT] cannot bind")
+    healthy, details = d.health()
+    assert healthy is False
+    assert "cannot bind" in details["haproxy_error"]
+    d.reconciler.last = Outcome(())
+    assert d.health()[0] is True
