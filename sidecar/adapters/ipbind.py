@@ -1,4 +1,4 @@
-"""Binding the HAProxy bind IP on an interface (default `lo`), with pyroute2.
+"""Binding the HAProxy bind IP on an interface (default `lo`), with iproute2's `ip` command.
 
 An adapter, no policy: `IpBinder` lists the addresses on one interface and adds or removes
 single-host addresses (/32 for IPv4, /128 for IPv6) on it. It remembers which addresses it
@@ -6,34 +6,32 @@ added itself, so that `release_added` removes exactly those and never one that s
 bound. A failure raises `IpBindError`, whose message names the address, the interface and the
 cause; a missing NET_ADMIN capability is said plainly.
 
-Every call opens its own netlink socket (with a private event loop for pyroute2's synchronous
-API) and closes both before returning: a binder holds no file descriptor between calls and may
-be used from any thread. pyroute2's synchronous API cannot run on a thread whose asyncio loop
-is running, so a call made from a coroutine does its netlink work in a short-lived worker
-thread (it takes milliseconds).
+Every call runs `ip` (found on PATH, or in /usr/sbin or /sbin) once or twice and waits for it:
+`ip -j addr show` (JSON) to list, `ip addr add|del` to change, `ip -n NAME ...` to work in a
+named network namespace. Each run is short (a few milliseconds), bounded by a timeout, with
+`LC_ALL=C` so that its error messages can be read, and stdin from /dev/null; its stderr is
+translated into the cause in the message. Nothing is held between calls, so a binder keeps no
+file descriptor open and may be used from any thread, or from a coroutine on the event loop's
+own thread (it blocks that loop for the few milliseconds a call takes).
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import ipaddress
+import json
 import logging
 import os
-import socket
+import re
+import shutil
+import subprocess
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, TypeVar
-
-from pyroute2 import IPRoute, NetlinkError
-from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+from typing import Final, NamedTuple
 
 from sidecar.reconcile.errors import AddressFailed
 
 log = logging.getLogger("sidecar.ipbind")
-
-T = TypeVar("T")
 
 NETNS_RUN_DIR: Final = "/var/run/netns"  # where `ip netns` keeps its named namespaces
 IFNAMSIZ: Final = 16  # the kernel's limit on an interface name, with its NUL
@@ -42,6 +40,28 @@ CAPABILITY_HINT: Final = (
     " or bind the address yourself"
 )
 _CAPABILITY_ERRNOS: Final = frozenset({errno.EPERM, errno.EACCES})
+_IP_TIMEOUT: Final = 5.0  # seconds one run of `ip` may take
+_IP_FALLBACK_DIRS: Final = ("/usr/sbin", "/sbin")  # where Debian's iproute2 puts `ip`
+
+# What `ip` writes to stderr, with LC_ALL=C (iproute2 4.x to 6.x):
+# a netlink error without the kernel's own message: "RTNETLINK answers: File exists"
+_RTNETLINK: Final = re.compile(r"RTNETLINK answers: (?P<reason>.+)")
+# the kernel's own message (extended ack): "Error: ipv4: Address already assigned."
+_EXTACK: Final = re.compile(r"Error: (?P<reason>.+?)\.?")
+# no such interface: `Cannot find device "x"` (add, del), `Device "x" does not exist.` (show)
+_NO_DEVICE: Final = re.compile(r'Cannot find device ".*"|Device ".*" does not exist\.?')
+# `Cannot open network namespace "x": No such file or directory`
+_NETNS: Final = re.compile(r'Cannot open network namespace ".*": (?P<reason>.+)')
+# the C library's texts (those `ip` prints, in the C locale) for the errors we act on
+_ERRNOS: Final = {
+    os.strerror(code): code
+    for code in (errno.EPERM, errno.EACCES, errno.EEXIST, errno.EADDRNOTAVAIL, errno.ENODEV)
+}
+# the kernel's messages for the same two cases as "File exists"/"Cannot assign requested address"
+_EXTACK_ERRNOS: Final = (
+    (re.compile(r"address already assigned", re.IGNORECASE), errno.EEXIST),
+    (re.compile(r"address not found", re.IGNORECASE), errno.EADDRNOTAVAIL),
+)
 
 
 class IpBindError(AddressFailed):
@@ -85,28 +105,23 @@ class IpBinder:
 
     def bound(self) -> frozenset[str]:
         """Every address (v4 and v6, no prefix length) on the interface now."""
-        return self._netlink(f"list the addresses on {self._where}", _addresses)
+        return frozenset(host for host, _ in self._list(f"list the addresses on {self._where}"))
 
     def bind(self, ip: str) -> bool:
         """True if this call added `ip` as /32 (/128) on the interface, False if the address
         was already on it (with any prefix length). Raises `IpBindError` on failure.
         """
         host, prefixlen = _parse(ip, f"add {ip!r} to {self._where}")
-        # DAD would leave a new IPv6 address "tentative" (unbindable) for a while.
-        flags = {"flags": IFA_F_NODAD} if prefixlen == 128 else {}
-
-        def add(ipr: Any, index: int) -> bool:
-            if host in _addresses(ipr, index):
-                return False
-            try:
-                ipr.addr("add", index=index, address=host, prefixlen=prefixlen, **flags)
-            except NetlinkError as exc:
-                if exc.code == errno.EEXIST:  # bound by someone else since we looked
-                    return False
-                raise
-            return True
-
-        added = self._netlink(f"add {host}/{prefixlen} to {self._where}", add)
+        action = f"add {host}/{prefixlen} to {self._where}"
+        if any(bound == host for bound, _ in self._list(action)):
+            added = False
+        else:
+            command = ["addr", "add", f"{host}/{prefixlen}", "dev", self.interface]
+            if prefixlen == 128:
+                command.append("nodad")  # DAD would leave it "tentative" (unbindable) a while
+            added = self._change(
+                action, command, errno.EEXIST, lambda now: any(b == host for b, _ in now)
+            )
         if added:
             with self._lock:
                 self._added[host] = None
@@ -120,17 +135,11 @@ class IpBinder:
         there. Raises `IpBindError` on failure.
         """
         host, prefixlen = _parse(ip, f"remove {ip!r} from {self._where}")
-
-        def remove(ipr: Any, index: int) -> bool:
-            try:
-                ipr.addr("del", index=index, address=host, prefixlen=prefixlen)
-            except NetlinkError as exc:
-                if exc.code == errno.EADDRNOTAVAIL:
-                    return False
-                raise
-            return True
-
-        removed = self._netlink(f"remove {host}/{prefixlen} from {self._where}", remove)
+        action = f"remove {host}/{prefixlen} from {self._where}"
+        command = ["addr", "del", f"{host}/{prefixlen}", "dev", self.interface]
+        removed = self._change(
+            action, command, errno.EADDRNOTAVAIL, lambda now: (host, prefixlen) not in now
+        )
         with self._lock:
             self._added.pop(host, None)  # gone either way: nothing of ours left to remove
         if removed:
@@ -157,45 +166,178 @@ class IpBinder:
         return tuple(removed)
 
     def close(self) -> None:
-        """Nothing: no socket is held between calls. Bound addresses stay bound."""
+        """Nothing: nothing is held between calls. Bound addresses stay bound."""
 
-    # ------------------------------------------------------------------ netlink
+    # ------------------------------------------------------------------ ip
 
-    def _netlink(self, action: str, op: Callable[[Any, int], T]) -> T:
-        """What `op(iproute, interface index)` returns; `IpBindError` naming `action` if not."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return self._netlink_here(action, op)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-ipbind") as pool:
-            return pool.submit(self._netlink_here, action, op).result()
+    def _list(self, action: str) -> list[tuple[str, int]]:
+        """(address, prefix length) for each address on the interface, as `ip` lists them."""
+        out = self._ip(action, ["-j", "addr", "show", "dev", self.interface]).stdout_or_raise()
+        return [(host, prefixlen) for _, host, prefixlen in _addr_json(out, action)]
 
-    def _netlink_here(self, action: str, op: Callable[[Any, int], T]) -> T:
-        """`_netlink` on this thread, which must not be running an asyncio loop."""
-        if self.netns is not None and not os.path.exists(os.path.join(NETNS_RUN_DIR, self.netns)):
-            raise IpBindError(f"cannot {action}: the network namespace does not exist")
-        # Our own loop: pyroute2 leaks the one it would make when opening the socket fails.
-        loop = asyncio.new_event_loop()
-        try:
+    def _change(
+        self,
+        action: str,
+        command: list[str],
+        no_change: int,
+        unchanged: Callable[[list[tuple[str, int]]], bool],
+    ) -> bool:
+        """True if `ip COMMAND` did it; False if it failed with the errno `no_change` (there
+        was nothing to do), or failed saying something we do not know when a fresh listing
+        satisfies `unchanged` (there was nothing to do either); `IpBindError` otherwise.
+        """
+        ran = self._ip(action, command)
+        if ran.error is None:
+            return True
+        if ran.code == no_change:
+            return False
+        if ran.code is None:
             try:
-                ipr = IPRoute(netns=self.netns, flags=0, use_event_loop=loop)  # flags=0: no create
-            except (NetlinkError, OSError) as exc:
-                raise IpBindError(
-                    f"cannot {action}: cannot open a netlink socket: {_cause(exc)}"
-                ) from exc
+                now = self._list(action)
+            except IpBindError:
+                now = None  # the first error says more
+            if now is not None and unchanged(now):
+                return False
+        raise IpBindError(ran.error)
+
+    def _ip(self, action: str, command: list[str]) -> _Ran:
+        if self.netns is not None:
+            if not os.path.exists(os.path.join(NETNS_RUN_DIR, self.netns)):
+                raise IpBindError(f"cannot {action}: the network namespace does not exist")
+            command = ["-n", self.netns, *command]
+        return _run_ip(action, command)
+
+
+class _Ran(NamedTuple):
+    """One run of `ip`: its stdout; if it failed, the message for `IpBindError` and the errno
+    that `ip` named, if we know it."""
+
+    stdout: str
+    error: str | None = None
+    code: int | None = None
+
+    def stdout_or_raise(self) -> str:
+        if self.error is not None:
+            raise IpBindError(self.error)
+        return self.stdout
+
+
+def _ip_path() -> str | None:
+    """The absolute path of `ip`: on PATH, else in /usr/sbin or /sbin; None if nowhere."""
+    dirs = [d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if os.path.isabs(d)]
+    return shutil.which("ip", path=os.pathsep.join([*dirs, *_IP_FALLBACK_DIRS]))
+
+
+def _run_ip(action: str, command: list[str]) -> _Ran:
+    """What `ip COMMAND...` did, its failure described as a failure to do `action`;
+    `IpBindError` if it is not installed, cannot be run or does not finish in time.
+    """
+    ip = _ip_path()
+    if ip is None:
+        raise IpBindError(f"cannot {action}: the `ip` command (iproute2) is not installed")
+    try:
+        done = subprocess.run(
+            [ip, *command],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            env={**os.environ, "LC_ALL": "C"},
+            timeout=_IP_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise IpBindError(
+            f"cannot {action}: `{ip}` timed out (no answer within {_IP_TIMEOUT:g} s)"
+        ) from None
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise IpBindError(f"cannot {action}: cannot run {ip}: {reason}") from exc
+    if done.returncode != 0:
+        reason, code = _cause(done.stderr, done.returncode)
+        return _Ran(done.stdout, f"cannot {action}: {reason}", code)
+    return _Ran(done.stdout)
+
+
+def _cause(stderr: str, returncode: int) -> tuple[str, int | None]:
+    """The reason in `ip`'s stderr, lower case (with the capability hint when it is
+    EPERM/EACCES from netlink), and its errno if we know it.
+    """
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if match := _RTNETLINK.fullmatch(line):
+            text = match["reason"].rstrip(".")
+            code = _ERRNOS.get(text)
+            if code == errno.ENODEV:
+                return "no such interface", code
+            if code in _CAPABILITY_ERRNOS:
+                return f"{text.lower()} ({CAPABILITY_HINT})", code
+            return text.lower(), code
+        if _NO_DEVICE.fullmatch(line):
+            return "no such interface", errno.ENODEV
+        if match := _NETNS.fullmatch(line):
+            text = match["reason"].rstrip(".")
+            if text == os.strerror(errno.ENOENT):
+                return "the network namespace does not exist", errno.ENOENT
+            return f"cannot open the network namespace: {text.lower()}", _ERRNOS.get(text)
+        if match := _EXTACK.fullmatch(line):
+            text = match["reason"]
+            code = next((c for pattern, c in _EXTACK_ERRNOS if pattern.search(text)), None)
+            return text.lower(), code
+    if not lines:
+        return f"`ip` failed (exit status {returncode}) without saying why", None
+    return lines[-1][:1].lower() + lines[-1][1:], None
+
+
+def _addr_json(text: str, action: str) -> list[tuple[int, str, int]]:
+    """(interface index, address, prefix length) for each address in the output of
+    `ip -j addr show`, in its order; `IpBindError` naming `action` if it is not what we know.
+
+    The address is the local one (on a point-to-point link `address` is the peer's), in
+    canonical form.
+    """
+
+    def unexpected(what: str) -> IpBindError:
+        return IpBindError(f"cannot {action}: unexpected output from `ip -j addr`: {what}")
+
+    try:
+        links = json.loads(text)
+    except ValueError:
+        raise unexpected(f"not JSON: {text[:80]!r}") from None
+    if not isinstance(links, list):
+        raise unexpected("not a list of interfaces")
+    found: list[tuple[int, str, int]] = []
+    for link in links:
+        if not isinstance(link, dict):
+            raise unexpected(f"an interface that is not an object: {link!r:.80}")
+        infos = link.get("addr_info", [])  # some versions print {} for an interface filtered out
+        if not isinstance(infos, list):
+            raise unexpected(f"addr_info is not a list: {infos!r:.80}")
+        if not infos:
+            continue
+        index = link.get("ifindex")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise unexpected(f"no interface index: {link!r:.80}")
+        for info in infos:
+            if not isinstance(info, dict):
+                raise unexpected(f"an address that is not an object: {info!r:.80}")
+            if info.get("family", "inet") not in ("inet", "inet6"):
+                continue
+            value = info.get("local", info.get("address"))
+            prefixlen = info.get("prefixlen")
             try:
-                indices = ipr.link_lookup(ifname=self.interface)
-                if not indices:
-                    raise IpBindError(f"cannot {action}: no such interface")
-                return op(ipr, indices[0])
-            except (NetlinkError, OSError) as exc:
-                raise IpBindError(f"cannot {action}: {_cause(exc)}") from exc
-            finally:
-                ipr.close()
-        finally:
-            # Run the loop once more so that the aborted transport really closes its socket.
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+                address = ipaddress.ip_address(value) if isinstance(value, str) else None
+            except ValueError:
+                address = None
+            if (
+                address is None
+                or not isinstance(prefixlen, int)
+                or isinstance(prefixlen, bool)
+                or not 0 <= prefixlen <= address.max_prefixlen
+            ):
+                raise unexpected(f"not an address and prefix length: {info!r:.80}")
+            found.append((index, str(address), prefixlen))
+    return found
 
 
 def _parse(ip: str, action: str) -> tuple[str, int]:
@@ -209,57 +351,11 @@ def _parse(ip: str, action: str) -> tuple[str, int]:
     return str(addr), addr.max_prefixlen
 
 
-def _addresses(ipr: Any, index: int) -> frozenset[str]:
-    """Every address on the interface `index`, canonical, without prefix length."""
-    found: set[str] = set()
-    for msg in ipr.get_addr(index=index):
-        if msg.get("index") != index:  # in case the filter is not applied by the kernel
-            continue
-        # On a point-to-point link IFA_ADDRESS is the peer and IFA_LOCAL ours (as `ip` reads).
-        value = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-        if value:
-            found.add(str(ipaddress.ip_address(value)))
-    return frozenset(found)
-
-
-def _cause(exc: NetlinkError | OSError) -> str:
-    """The reason in `exc`, lower case, with the capability hint when it is EPERM/EACCES."""
-    code = exc.code if isinstance(exc, NetlinkError) else exc.errno
-    reason = os.strerror(code).lower() if isinstance(code, int) and code > 0 else str(exc)
-    if isinstance(exc, NetlinkError) and code in _CAPABILITY_ERRNOS:
-        return f"{reason} ({CAPABILITY_HINT})"
-    return reason
-
-
 def host_ipv4_addresses() -> tuple[str, ...]:
     """Return every IPv4 address on this host's interfaces, by interface index then as the
-    kernel lists them (the order Go's `net.InterfaceAddrs` gives)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return _host_ipv4_addresses_here()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-ipbind") as pool:
-        return pool.submit(_host_ipv4_addresses_here).result()
-
-
-def _host_ipv4_addresses_here() -> tuple[str, ...]:
-    loop = asyncio.new_event_loop()  # see _netlink_here
-    try:
-        try:
-            ipr = IPRoute(use_event_loop=loop)
-        except (NetlinkError, OSError) as exc:
-            raise IpBindError(f"cannot list this host's addresses: {_cause(exc)}") from exc
-        try:
-            found = [
-                (msg.get("index", 0), str(ipaddress.ip_address(value)))
-                for msg in ipr.get_addr(family=socket.AF_INET)
-                if (value := msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
-            ]
-        except (NetlinkError, OSError) as exc:
-            raise IpBindError(f"cannot list this host's addresses: {_cause(exc)}") from exc
-        finally:
-            ipr.close()
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-    return tuple(ip for _, ip in sorted(found, key=lambda item: item[0]))
+    kernel lists them (the order Go's `net.InterfaceAddrs` gives). On a point-to-point link
+    it is the local address (as `ip` shows it), not the peer's."""
+    action = "list this host's addresses"
+    found = _addr_json(_run_ip(action, ["-j", "-4", "addr", "show"]).stdout_or_raise(), action)
+    ordered = sorted(found, key=lambda item: item[0])  # stable: the kernel's order within one
+    return tuple(host for _, host, _ in ordered if ipaddress.ip_address(host).version == 4)
