@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import shlex
@@ -210,14 +212,41 @@ async def _external(command: str, *, within: float) -> CheckOutcome:
 
 Report = tuple[str, CheckOutcome, int]
 
+# A wake-up this close to a due time starts the check: the loop fires timers up to its clock
+# resolution early, and services due within it are started together.
+_DUE_SLACK: Final = 0.001
+
+
+@dataclass(slots=True, eq=False)
+class _Service:
+    """One checked service: plain data between its checks, plus the task of the one in
+    flight. Compared by identity: a restarted service is a new record."""
+
+    id: str
+    spec: CheckSpec
+    docker_health: str | None  # kept for a Docker check only
+    due: float = 0.0  # loop time of the next check; meaningful while `task` is None
+    last: bool | None = None  # the last outcome, for the turned-unhealthy warning
+    task: asyncio.Task[None] | None = None  # the check in flight
+    rerun: bool = False  # check again as soon as the one in flight has finished
+
+
+def _wake_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
 
 class CheckRunner:
-    """Keeps the wanted services checked, one loop per service, and puts every outcome on
-    `queue` as `(service_id, outcome, at_ns)`.
+    """Keeps the wanted services checked and puts every outcome on `queue` as
+    `(service_id, outcome, at_ns)`, in the order the checks finish.
 
     A new service is checked at once, then every `interval` seconds counted from the start of
     the previous check; at most one check per service is in flight, so a hung target costs
     one `timeout` per interval and never piles up.
+
+    One scheduler task keeps a heap of due times; a due service's check runs in a task of its
+    own that lives only as long as the check, reports, and schedules the next one. Between
+    checks a service costs a small record and a heap entry.
     """
 
     def __init__(
@@ -237,11 +266,14 @@ class CheckRunner:
         self._clock = clock
         self._session = session
         self._owns_session = session is None
-        self._loops: dict[str, tuple[CheckSpec, asyncio.Task[None]]] = {}
+        self._services: dict[str, _Service] = {}
+        # (due, tiebreak, service): a service has one valid entry while no check of it is in
+        # flight; entries of stopped services and superseded due times are skipped lazily.
+        self._heap: list[tuple[float, int, _Service]] = []
+        self._tiebreak = itertools.count()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None  # what the scheduler sleeps on
         self._stopping: set[asyncio.Task[None]] = set()
-        self._wake: dict[str, asyncio.Event] = {}
-        self._docker_health: dict[str, str | None] = {}
-        self._last: dict[str, bool | None] = {}
         self._closed = False
 
     def _client(self) -> aiohttp.ClientSession:
@@ -259,7 +291,7 @@ class CheckRunner:
 
     def services(self) -> frozenset[str]:
         """Return the IDs of the services being checked."""
-        return frozenset(self._loops)
+        return frozenset(self._services)
 
     def update(
         self,
@@ -269,85 +301,150 @@ class CheckRunner:
         """Return nothing; make the wanted checks `specs` (by service ID) the running ones.
 
         New services are checked at once, removed ones stop, a changed spec restarts its
-        service's loop. A changed `docker_health` re-runs that service's Docker check at once.
-        Must be called from within the running event loop.
+        service's checks. A changed `docker_health` re-runs that service's Docker check at
+        once (right after the one in flight, if any). Must be called from within the running
+        event loop.
         """
         if self._closed:
             raise RuntimeError("CheckRunner is closed")
-        for service_id in list(self._loops):
-            spec, _ = self._loops[service_id]
-            if specs.get(service_id) != spec:
+        loop = asyncio.get_running_loop()
+        for service_id, running in list(self._services.items()):
+            if specs.get(service_id) != running.spec:
                 self._stop(service_id)
+        now = loop.time()
         for service_id, spec in specs.items():
-            health = docker_health.get(service_id)
-            changed = self._docker_health.get(service_id) != health
-            self._docker_health[service_id] = health
-            if service_id not in self._loops:
-                self._start(service_id, spec)
-            elif changed and spec.type is CheckType.DOCKER:
-                self._wake[service_id].set()
-        for service_id in set(self._docker_health) - set(specs):
-            del self._docker_health[service_id]
-
-    def _start(self, service_id: str, spec: CheckSpec) -> None:
-        self._wake[service_id] = asyncio.Event()
-        task = asyncio.get_running_loop().create_task(
-            self._run(service_id, spec), name=f"check {service_id}"
-        )
-        self._loops[service_id] = (spec, task)
+            health = docker_health.get(service_id) if spec.type is CheckType.DOCKER else None
+            service = self._services.get(service_id)
+            if service is None:
+                service = self._services[service_id] = _Service(service_id, spec, health)
+                self._schedule(service, now)
+            elif health != service.docker_health:
+                service.docker_health = health
+                if service.task is None:
+                    self._schedule(service, now)
+                else:
+                    service.rerun = True
+        if len(self._heap) > 2 * len(self._services) + 64:  # mostly skipped entries
+            self._heap[:] = [entry for entry in self._heap if self._is_due_entry(entry)]
+            heapq.heapify(self._heap)
+        if self._scheduler is None or self._scheduler.done():
+            self._scheduler = loop.create_task(self._run_scheduler(), name="check scheduler")
 
     def _stop(self, service_id: str) -> None:
-        _, task = self._loops.pop(service_id)
-        del self._wake[service_id]
-        self._last.pop(service_id, None)
-        # Cancelled before its next step, so it reports nothing more; kept until it has
-        # finished cleaning up (an External check is killed and reaped) for close().
-        task.cancel()
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
+        service = self._services.pop(service_id)
+        task, service.task = service.task, None
+        if task is not None:
+            # Cancelled before its next step, so it reports nothing; kept until it has
+            # finished cleaning up (an External check is killed and reaped) for close().
+            task.cancel()
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
 
-    async def _run(self, service_id: str, spec: CheckSpec) -> None:
+    def _is_due_entry(self, entry: tuple[float, int, _Service]) -> bool:
+        due, _, service = entry
+        return (
+            service.task is None
+            and service.due == due
+            and self._services.get(service.id) is service
+        )
+
+    def _schedule(self, service: _Service, due: float) -> None:
+        """Return nothing; have `service` checked at loop time `due`."""
+        service.due = due
+        entry = (due, next(self._tiebreak), service)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry and self._waiter is not None:
+            _wake_up(self._waiter)  # earlier than what the scheduler sleeps until
+
+    async def _run_scheduler(self) -> None:
         loop = asyncio.get_running_loop()
-        wake = self._wake[service_id]
-        session = self._client()
+        heap = self._heap
         while True:
-            started = loop.time()
-            wake.clear()
-            outcome = await run_check(
-                spec,
-                timeout=self._timeout,
-                session=session,
-                docker_health=self._docker_health.get(service_id),
-            )
-            self._report(service_id, spec, outcome)
-            await self._queue.put((service_id, outcome, self._clock()))
-            delay = started + self._interval - loop.time()
-            if delay <= 0:
-                await asyncio.sleep(0)  # took longer than the interval: run again right away
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await wake.wait()
+            now = loop.time()
+            while heap and heap[0][0] <= now + _DUE_SLACK:
+                entry = heapq.heappop(heap)
+                if self._is_due_entry(entry):
+                    try:
+                        self._launch(entry[2], loop)
+                    except Exception:  # a bug here must not stop every service's checks
+                        log.exception("cannot start check %s; retrying", entry[2].id)
+                        self._schedule(entry[2], now + self._interval)
+            # Nothing awaited since the heap was read, so a wake-up cannot be missed: what
+            # was scheduled meanwhile is in the heap, what is scheduled later sets `waiter`.
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_at(heap[0][0], _wake_up, waiter) if heap else None
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
 
-    def _report(self, service_id: str, spec: CheckSpec, outcome: CheckOutcome) -> None:
-        previous = self._last.get(service_id)
-        self._last[service_id] = outcome.healthy
+    def _launch(self, service: _Service, loop: asyncio.AbstractEventLoop) -> None:
+        service.rerun = False
+        service.task = loop.create_task(
+            self._check(service, loop.time(), service.docker_health),
+            name=f"check {service.id}",
+        )
+
+    async def _check(self, service: _Service, started: float, docker_health: str | None) -> None:
+        """Run one check of `service`, report it and schedule the next, unless the service
+        was stopped meanwhile (then it is cancelled, or at least reports nothing)."""
+        try:
+            try:
+                outcome = await run_check(
+                    service.spec,
+                    timeout=self._timeout,
+                    session=self._client(),
+                    docker_health=docker_health,
+                )
+            except Exception as exc:  # run_check never raises; should it, keep checking
+                log.exception(
+                    "check %s %s %r crashed", service.id, service.spec.type, service.spec.args
+                )
+                detail = f"check crashed: {type(exc).__name__}: {exc}"
+                outcome = CheckOutcome(healthy=False, detail=detail)
+            if self._services.get(service.id) is service:
+                self._report(service, outcome)
+                await self._queue.put((service.id, outcome, self._clock()))
+        except Exception:
+            log.exception("reporting check %s failed", service.id)
+        finally:
+            if self._services.get(service.id) is service:  # else stopped: nothing follows
+                service.task = None
+                if service.rerun:
+                    self._schedule(service, asyncio.get_running_loop().time())
+                else:
+                    # Took longer than the interval: due at once, started by the scheduler
+                    # after a trip through the loop.
+                    self._schedule(service, started + self._interval)
+
+    def _report(self, service: _Service, outcome: CheckOutcome) -> None:
+        previous = service.last
+        service.last = outcome.healthy
+        spec = service.spec
         log.debug(
             "check %s %s %r: %s (%s)",
-            *(service_id, spec.type, spec.args, outcome.healthy, outcome.detail),
+            *(service.id, spec.type, spec.args, outcome.healthy, outcome.detail),
         )
         if previous is True and outcome.healthy is False:
             log.warning(
                 "check %s %s %r turned unhealthy: %s",
-                *(service_id, spec.type, spec.args, outcome.detail),
+                *(service.id, spec.type, spec.args, outcome.detail),
             )
 
     async def close(self) -> None:
-        """Return once every check is cancelled and the owned HTTP session is closed."""
+        """Return once every check is cancelled (External ones killed and reaped), the
+        scheduler has stopped and the owned HTTP session is closed."""
         self._closed = True
-        for service_id in list(self._loops):
+        for service_id in list(self._services):
             self._stop(service_id)
+        self._heap.clear()
         tasks = list(self._stopping)
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            tasks.append(self._scheduler)
+            self._scheduler = None
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._owns_session and self._session is not None:

@@ -1,13 +1,16 @@
 """Health checks against real endpoints on 127.0.0.1: HTTP, TCP, processes, and the runner's
-scheduling (immediate first check, no pile-up, removal, spec change). No Docker needed."""
+scheduling (immediate first check, no pile-up, removal, spec change, wake-ups, timing) and its
+cost per service. No Docker needed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import time
+import tracemalloc
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from sidecar.adapters import checks
 from sidecar.adapters.checks import CheckOutcome, CheckRunner, run_check, split_host_port
 from sidecar.state.discovery import CheckSpec, CheckType
 
@@ -493,3 +497,275 @@ def test_runner_warns_when_a_healthy_check_turns_unhealthy(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "HTTP 500" in warnings[0].getMessage()
+
+
+ALWAYS = CheckSpec(CheckType.ALWAYS_SUCCESSFUL, "")
+DOCKER = CheckSpec(CheckType.DOCKER, "")
+
+
+def read_pid(pid_file: Path) -> int | None:
+    text = pid_file.read_text() if pid_file.exists() else ""
+    return int(text) if text.strip() else None
+
+
+async def wait_for_pid(pid_file: Path) -> int:
+    """Return the pid a check's process wrote to `pid_file`, once it has."""
+    for _ in range(200):
+        if (pid := read_pid(pid_file)) is not None:
+            return pid
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{pid_file} never written")
+
+
+def test_runner_costs_little_memory_and_no_task_per_service_between_checks() -> None:
+    n = 1000
+    specs = {f"svc-{i:04d}": ALWAYS for i in range(n)}
+    warm_up = {f"warm-{i}": ALWAYS for i in range(10)}
+
+    async def scenario() -> tuple[float, int, int, set[asyncio.Task[object]]]:
+        queue: asyncio.Queue[tuple[str, CheckOutcome, int]] = asyncio.Queue()
+        runner = CheckRunner(queue, interval=60.0)  # no second round during the test
+        try:
+            # One-off costs (the HTTP session, the scheduler) are paid before measuring.
+            runner.update(warm_up)
+            for _ in warm_up:
+                await queue.get()
+            runner.update({})
+            await asyncio.sleep(0.05)
+            idle_tasks = len(asyncio.all_tasks())
+            gc.collect()
+            tracemalloc.start(64)
+            try:
+                before = tracemalloc.take_snapshot()
+                runner.update(specs)
+                seen: set[str] = set()
+                while len(seen) < n:
+                    seen.add((await queue.get())[0])
+                await asyncio.sleep(0.05)  # the checks' tasks have ended
+                between_checks = len(asyncio.all_tasks())
+                gc.collect()
+                after = tracemalloc.take_snapshot()
+            finally:
+                tracemalloc.stop()
+            assert runner.services() == frozenset(specs)
+            assert queue.empty()  # each was checked once
+        finally:
+            await runner.close()
+        # What was allocated with the runner's code on the stack and is still alive.
+        mine = [tracemalloc.Filter(True, checks.__file__, all_frames=True)]
+        retained = sum(
+            stat.size_diff
+            for stat in after.filter_traces(mine).compare_to(before.filter_traces(mine), "lineno")
+        )
+        return retained / n, idle_tasks, between_checks, asyncio.all_tasks()
+
+    per_service, idle_tasks, between_checks, left = run(scenario)
+    print(
+        f"CheckRunner: {per_service:.0f} bytes retained per service; tasks alive with 0 "
+        f"services: {idle_tasks}, between checks of {n}: {between_checks}"
+    )
+    assert per_service < 1000
+    assert between_checks <= idle_tasks + 1  # O(1), not one per service
+    assert len(left) == 1  # after close only the test's own task
+
+
+def test_runner_wake_while_the_scheduler_sleeps_is_served_at_once() -> None:
+    async def scenario() -> tuple[set[str], dict[str, bool | None], float, list[str]]:
+        queue: asyncio.Queue[tuple[str, CheckOutcome, int]] = asyncio.Queue()
+        runner = CheckRunner(queue, interval=3.0)
+        try:
+            runner.update({"a": ALWAYS, "d": DOCKER}, {"d": "starting"})
+            first = {(await queue.get())[0] for _ in range(2)}
+            await asyncio.sleep(0.2)  # the scheduler sleeps: the next check is 3 s away
+            start = time.monotonic()
+            runner.update({"a": ALWAYS, "d": DOCKER, "n": ALWAYS}, {"d": "healthy"})
+            woken = {sid: o.healthy for sid, o, _ in [await queue.get() for _ in range(2)]}
+            took = time.monotonic() - start
+            later = [sid for sid, _, _ in await outcomes_within(queue, 0.3)]
+            return first, woken, took, later
+        finally:
+            await runner.close()
+
+    first, woken, took, later = run(scenario)
+    assert first == {"a", "d"}
+    assert woken == {"d": True, "n": True}
+    assert took < 0.5
+    assert later == []  # "a" waits for its interval
+
+
+def test_runner_docker_health_change_during_a_check_runs_it_again_right_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[str | None] = []
+
+    async def scenario() -> tuple[list[bool | None], list[str]]:
+        release = asyncio.Event()
+        real = checks.run_check
+
+        async def slow_first(
+            spec: CheckSpec,
+            *,
+            timeout: float,  # noqa: ASYNC109
+            session: aiohttp.ClientSession,
+            docker_health: str | None = None,
+        ) -> CheckOutcome:
+            seen.append(docker_health)
+            if len(seen) == 1:
+                await release.wait()
+            return await real(spec, timeout=timeout, session=session, docker_health=docker_health)
+
+        monkeypatch.setattr(checks, "run_check", slow_first)
+        queue: asyncio.Queue[tuple[str, CheckOutcome, int]] = asyncio.Queue()
+        runner = CheckRunner(queue, interval=3.0)
+        try:
+            runner.update({"d": DOCKER}, {"d": "starting"})
+            await asyncio.sleep(0.05)  # the first check is in flight
+            runner.update({"d": DOCKER}, {"d": "healthy"})
+            release.set()
+            got = [(await queue.get())[1].healthy for _ in range(2)]
+            later = [sid for sid, _, _ in await outcomes_within(queue, 0.3)]
+            return got, later
+        finally:
+            await runner.close()
+
+    got, later = run(scenario)
+    assert got == [None, True]
+    assert seen == ["starting", "healthy"]
+    assert later == []
+
+
+def test_runner_restart_during_a_check_drops_its_outcome_and_kills_its_process(
+    tmp_path: Path,
+) -> None:
+    pid_file = tmp_path / "pid"
+
+    async def scenario() -> tuple[int, list[str]]:
+        queue: asyncio.Queue[tuple[str, CheckOutcome, int]] = asyncio.Queue()
+        runner = CheckRunner(queue, interval=0.1, timeout=2.0)
+        try:
+            runner.update({"x": external(f"sh -c 'echo $$ > {pid_file}; sleep 0.4; exit 3'")})
+            pid = await wait_for_pid(pid_file)
+            runner.update({"x": ALWAYS})
+            details = [o.detail for _, o, _ in await outcomes_within(queue, 0.8)]
+            return pid, details
+        finally:
+            await runner.close()
+
+    pid, details = run(scenario)
+    assert len(details) >= 3
+    assert set(details) == {"always successful"}  # never "exit 3"
+    assert not alive(pid)
+
+
+def test_runner_removal_during_an_external_check_kills_its_process(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+
+    async def scenario() -> tuple[bool, bool, frozenset[str]]:
+        queue: asyncio.Queue[tuple[str, CheckOutcome, int]] = asyncio.Queue()
+        runner = CheckRunner(queue, interval=3.0)
+        try:
+            runner.update({"x": external(f"sh -c 'echo $$ > {pid_file}; exec sleep 10'")})
+            pid = await wait_for_pid(pid_file)
+            runner.update({})
+            for _ in range(200):  # killed and reaped without waiting for close()
+                if not alive(pid):
+                    break
+                await asyncio.sleep(0.01)
+            killed = not alive(pid)
+            await asyncio.sleep(0.1)
+            return killed, queue.empty(), runner.services()
+        finally:
+            await runner.close()
+
+    killed, nothing_reported, services = run(scenario)
+    assert killed
+    assert nothing_reported
+    assert services == frozenset()
+
+
+def test_runner_checks_services_due_together_concurrently() -> None:
+    async def scenario() -> tuple[float, set[str]]:
+        async with http_server() as server:
+            queue: asyncio.Queue[tuple[str, CheckOutcome, int]] = asyncio.Queue()
+            runner = CheckRunner(queue, interval=3.0, timeout=0.3)
+            try:
+                start = time.monotonic()
+                runner.update({f"h{i}": http(server.url("/hang")) for i in range(20)})
+                got = {(await queue.get())[0] for _ in range(20)}
+                return time.monotonic() - start, got
+            finally:
+                await runner.close()
+
+    took, got = run(scenario)
+    assert got == {f"h{i}" for i in range(20)}
+    assert took < 1.5  # one after the other would take 6 s
+
+
+@pytest.mark.parametrize("kind", ["always", "tcp"])
+def test_runner_runs_a_check_every_interval(kind: str) -> None:
+    n = 10  # intervals of 0.1 s
+
+    async def scenario() -> list[tuple[str, CheckOutcome, int]]:
+        async with tcp_listener() as (port, _):
+            spec = ALWAYS if kind == "always" else CheckSpec(CheckType.TCP, f"127.0.0.1:{port}")
+            queue: asyncio.Queue[tuple[str, CheckOutcome, int]] = asyncio.Queue()
+            runner = CheckRunner(queue, interval=0.1)
+            try:
+                runner.update({"s": spec})
+                return await outcomes_within(queue, n * 0.1)
+            finally:
+                await runner.close()
+
+    got = run(scenario)
+    print(f"{kind}: {len(got)} checks in {n} intervals")
+    assert all(o.healthy is True for _, o, _ in got)
+    assert 0.5 * n <= len(got) <= 1.5 * n + 2
+
+
+def test_runner_keeps_scheduling_when_run_check_raises(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+    real = checks.run_check
+
+    async def crash_once(
+        spec: CheckSpec,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        session: aiohttp.ClientSession,
+        docker_health: str | None = None,
+    ) -> CheckOutcome:
+        calls.append(spec.type)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return await real(spec, timeout=timeout, session=session, docker_health=docker_health)
+
+    monkeypatch.setattr(checks, "run_check", crash_once)
+
+    async def scenario() -> list[CheckOutcome]:
+        queue: asyncio.Queue[tuple[str, CheckOutcome, int]] = asyncio.Queue()
+        runner = CheckRunner(queue, interval=0.05)
+        try:
+            runner.update({"s": ALWAYS})
+            return [(await queue.get())[1] for _ in range(3)]
+        finally:
+            await runner.close()
+
+    with caplog.at_level(logging.ERROR, logger="sidecar.checks"):
+        got = run(scenario)
+    assert got[0] == CheckOutcome(healthy=False, detail="check crashed: RuntimeError: boom")
+    assert [o.healthy for o in got[1:]] == [True, True]
+    assert any("crashed" in r.getMessage() for r in caplog.records)
+
+
+def test_runner_update_needs_a_running_loop_and_an_open_runner() -> None:
+    async def closed() -> None:
+        runner = CheckRunner(asyncio.Queue(), interval=1.0)
+        runner.update({"s": ALWAYS})
+        await runner.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            runner.update({"s": ALWAYS})
+
+    run(closed)
+    with pytest.raises(RuntimeError):
+        CheckRunner(asyncio.Queue(), interval=1.0).update({"s": ALWAYS})
