@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Any, Final
 
 import pydantic
 
@@ -203,13 +203,22 @@ def _service_from_object(obj: object) -> Service:
     if ports is not None:
         if type(ports) is not list:
             raise RecordRejected(f"Service.ports: expected an array, got {_describe(ports)}")
-        fields["ports"] = tuple(_fold(p, _PORT_KEYS, "Port") for p in ports)
+        fields["ports"] = tuple(_port_from_object(p, i) for i, p in enumerate(ports))
     status = fields.get("status")
     if status is not None:
         if not (isinstance(status, int) and 0 <= status <= _MAX_STATUS):
             raise RecordRejected(f"Service.status: expected 0..4, got {_describe(status)}")
         fields["status"] = Status(status)
-    return Service.model_validate(fields)
+    checked: dict[str, Any] = fields  # _fold checked every value's type
+    return Service(**checked)
+
+
+def _port_from_object(obj: object, index: int) -> Port:
+    checked: dict[str, Any] = _fold(obj, _PORT_KEYS, "Port")  # _fold checked the types
+    try:
+        return Port(**checked)
+    except pydantic.ValidationError as exc:
+        raise RecordRejected(_first_error(exc, within=f"Service.ports.{index}")) from None
 
 
 def _loads(raw: bytes | str) -> object:
@@ -234,10 +243,10 @@ def decode_service(raw: bytes | str) -> Service:
         raise RecordRejected(_first_error(exc)) from None
 
 
-def _first_error(exc: pydantic.ValidationError) -> str:
+def _first_error(exc: pydantic.ValidationError, *, within: str | None = None) -> str:
     error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    return f"{exc.title}.{where}: {error['msg']} (got {_describe(error['input'])})"
+    where = ".".join([within or exc.title, *(str(part) for part in error["loc"])])
+    return f"{where}: {error['msg']} (got {_describe(error['input'])})"
 
 
 def decode_state(raw: bytes | str) -> ClusterState:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import http.server
 import json
 import sys
@@ -117,7 +118,7 @@ def test_plan_is_empty_when_converged_and_shows_the_change_when_the_state_moves(
 def test_plan_previews_a_template_and_lists_excluded_instances(haproxy_site, backend, tmp_path):
     options, settings = haproxy_site
     a = backend("h1", "a1")
-    bad = a.record().model_copy(update={"id": "z9", "proxy_mode": "bogus", "hostname": "h9"})
+    bad = dataclasses.replace(a.record(), id="z9", proxy_mode="bogus", hostname="h9")
     template = tmp_path / "mine.j2"
     template.write_text("# my template\n{% for f in frontends %}# {{ f.name }}\n{% endfor %}")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from sidecar.state import broadcast, merge, times
 from sidecar.state.model import ClusterState, Port, Service, Status
 
@@ -82,7 +84,7 @@ def test_a_new_version_while_pending_restarts_the_count():
 
 def test_records_about_others_are_enqueued_ten_times():
     other = observed("x").with_status(Status.TOMBSTONE, updated=T0)
-    other = Service(**{**dict(other), "hostname": "peer"})
+    other = dataclasses.replace(other, hostname="peer")
     schedule = broadcast.enqueue(broadcast.Schedule(), [other], now=T0)
     _, sent = run(schedule, ClusterState(hostname=ME), T0, 15)
     assert len(sent) == 10
@@ -90,7 +92,7 @@ def test_records_about_others_are_enqueued_ten_times():
 
 
 def test_peer_records_are_never_scheduled_by_the_owner_rules():
-    peer = Service(**{**dict(observed("x")), "hostname": "peer", "updated": T0})
+    peer = dataclasses.replace(observed("x"), hostname="peer", updated=T0)
     state = merge.merge_record(ClusterState(hostname=ME), peer, now=T0).state
     _, sent = run(broadcast.Schedule(), state, T0, 70)
     assert sent == {}

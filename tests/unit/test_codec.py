@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tracemalloc
+
 import pytest
 
 from sidecar.state import codec, merge, times
@@ -83,8 +86,8 @@ def test_empty_state_encodes_go_epoch_times():
 
 def test_nil_ports_encode_as_null_and_empty_as_brackets():
     base = codec.decode_service(GO_SERVICE)
-    nil = Service(**{**dict(base), "ports": None})
-    empty = Service(**{**dict(base), "ports": ()})
+    nil = dataclasses.replace(base, ports=None)
+    empty = dataclasses.replace(base, ports=())
     assert b'"Ports":null' in codec.encode_service(nil)
     assert b'"Ports":[]' in codec.encode_service(empty)
 
@@ -183,3 +186,21 @@ def test_state_decoding_accepts_missing_parts():
 def test_deeply_nested_input_is_a_rejection_not_a_crash():
     with pytest.raises(codec.RecordRejected):
         codec.decode_service(b"[" * 100_000)
+
+
+def test_records_are_validated_and_small():
+    """A node keeps several generations of every record; each must stay a few slots."""
+    base = codec.decode_service(b'{"ID":"a1","Ports":[{"Type":"tcp","Port":80}]}')
+    with pytest.raises(Exception, match="updated"):
+        dataclasses.replace(base, updated="yesterday")  # replace() validates, like the init
+    assert not hasattr(base, "__dict__")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        copies = [base.with_updated(n) for n in range(1000)]
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    per_copy = sum(s.size_diff for s in after.compare_to(before, "filename")) / len(copies)
+    print(f"{per_copy:.0f} bytes per record copy")
+    assert per_copy < 300  # a BaseModel's __dict__ and fields-set made it ~1,200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 
@@ -165,9 +166,9 @@ def test_no_string_in_any_field_adds_a_directive(field, value):
     base = record()
     if field in PORT_FIELDS:
         port = base.ports[0]
-        changed = Service(**{**dict(base), "ports": (Port(**{**dict(port), field: value}),)})
+        changed = dataclasses.replace(base, ports=(dataclasses.replace(port, **{field: value}),))
     else:
-        changed = Service(**{**dict(base), field: value})
+        changed = dataclasses.replace(base, **{field: value})
     result = render(changed)
     assert skeleton(result.config) in (CLEAN, EMPTY)
     for line in result.config.splitlines():

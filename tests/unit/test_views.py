@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -147,7 +148,7 @@ def test_a_service_port_claimed_by_two_names_goes_to_the_older_claim():
     ],
 )
 def test_records_that_cannot_be_rendered_safely_are_excluded_with_the_reason(field, value, reason):
-    bad = Service(**{**dict(record("a", "1")), field: value})
+    bad = dataclasses.replace(record("a", "1"), **{field: value})
     table = views.routing_table(state_of(bad, record("b", "2")))
     assert served(table) == {("web", 8080): ["b-2"]}
     assert len(table.excluded) == 1
