@@ -4,9 +4,8 @@ Today it has `plan` (what would change on this host's HAProxy for a cluster stat
 config diff, the runtime and address actions with their reasons, the instances left out),
 `discover` (this host's discovery and health checks, live: what it would announce to the
 cluster), `simulate` (a whole cluster of sidecars running the pure core in virtual time) and
-`decode` (check a Go `state.json` or service document and print it back in Go's bytes).
-`sidecar run` (the daemon) is not built yet; asking for it says so instead of failing
-obscurely.
+`decode` (check a Go `state.json` or service document and print it back in Go's bytes),
+and `run`: the daemon (`sidecar.daemon`).
 """
 
 from __future__ import annotations
@@ -447,7 +446,31 @@ def _load_run_config(args: argparse.Namespace, overrides: dict[str, object]) -> 
     return config, template
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter (malloc.h)
+MMAP_THRESHOLD = 128 * 1024  # glibc's default, kept fixed
+
+
+def _steady_allocator() -> None:
+    """Return nothing; on glibc, keep the allocator's mmap threshold fixed at its default.
+
+    glibc raises the threshold to the size of every large block freed, after which the
+    daemon's big short-lived blocks (a config of 1,000 services is 270 KB; so is HAProxy's
+    answer to `show servers state`) come from the heap and leave it fragmented. Fixed, they
+    are mapped and returned to the system when freed: 1.7 MiB less resident with 1,000
+    services (`bench/daemon.py`). Elsewhere than glibc, nothing.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
 def _run(args: argparse.Namespace) -> int:
+    _steady_allocator()
     from sidecar import config as configuration
     from sidecar.adapters.ipbind import IpBindError, host_ipv4_addresses
     from sidecar.daemon import Daemon

@@ -28,7 +28,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sidecar.adapters import http
-from sidecar.adapters.docker import DockerDiscovery
 from sidecar.adapters.haproxy import Haproxy, HaproxyOptions
 from sidecar.adapters.ipbind import IpBinder
 from sidecar.adapters.static import StaticDiscovery
@@ -92,6 +91,8 @@ class Daemon:
         )
         docker = None
         if "docker" in c.sidecar.discovery:
+            from sidecar.adapters.docker import DockerDiscovery  # the SDK costs 6 MiB: on demand
+
             docker = DockerDiscovery(c.docker_discovery.docker_url)
         static = None
         if "static" in c.sidecar.discovery:

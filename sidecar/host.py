@@ -19,10 +19,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.adapters.checks import CheckRunner
-from sidecar.adapters.docker import DockerDiscovery
 from sidecar.adapters.static import StaticDiscovery, StaticSnapshot
 from sidecar.state import discovery
 from sidecar.state.discovery import (
@@ -36,6 +35,9 @@ from sidecar.state.discovery import (
     Rejected,
 )
 from sidecar.state.model import Service
+
+if TYPE_CHECKING:  # the Docker SDK is imported only where Docker discovery is configured
+    from sidecar.adapters.docker import DockerDiscovery
 
 log = logging.getLogger("sidecar.host")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import io
 import ipaddress
 import logging
 import os
@@ -138,7 +139,7 @@ def parse_servers_state(
     servers: dict[str, dict[str, tuple[str, int]]] = {}
     disabled: set[tuple[str, str]] = set()
     header: list[str] = []
-    for line in text.splitlines():
+    for line in io.StringIO(text):  # a line at a time: 1,000 servers are 1,000 lines
         if line.startswith("# "):
             header = line[2:].split()
             continue
@@ -227,15 +228,21 @@ class Haproxy:
         self._child: _Child | None = None
         self._last_words: collections.deque[str] = collections.deque(maxlen=_LAST_WORDS)
         self._exited = False
+        self._written: str | None = None  # the text this adapter last put in the config file
 
     # ------------------------------------------------------------------ reading
 
     def read_config(self) -> str | None:
-        """Return the config file's text, or None when there is none."""
+        """Return the config file's text, or None when there is none.
+
+        When the file still holds what this adapter last wrote, that very string is returned:
+        one copy of a big config, not two equal ones, and the planner's caches hit.
+        """
         try:
-            return self.options.config_file.read_text()
+            text = self.options.config_file.read_text()
         except FileNotFoundError:
             return None
+        return self._written if text == self._written else text
 
     async def runtime(self, command: str) -> str:
         """Return the running worker's answer to a runtime API command.
@@ -329,6 +336,7 @@ class Haproxy:
         try:
             await self._check(candidate)
             os.replace(candidate, self.options.config_file)
+            self._written = config
         finally:
             candidate.unlink(missing_ok=True)
         log.debug("wrote %s (%d bytes)", self.options.config_file, len(config))

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -41,7 +41,7 @@ from sidecar.reconcile.plans import Action, Actual, plan
 from sidecar.reconcile.report import plan_report
 from sidecar.state import views
 from sidecar.state.model import ClusterState
-from sidecar.state.views import RoutingTable
+from sidecar.state.views import Exclusion, RoutingTable
 
 log = logging.getLogger("sidecar.reconcile")
 
@@ -130,13 +130,31 @@ class Reconciler:
         self.last_desired: Desired | None = None
         self._clock = clock
         self._table: RoutingTable | ClusterState | None = None
-        self.last_report: dict[str, Any] | None = None
+        # What the last plan was made from; its document is made when asked for (the diff
+        # of two configs of 10,000 services is megabytes and seconds of difflib).
+        self._planned: tuple[Desired, Actual, tuple[Action, ...], Sequence[Exclusion]] | None = None
+        self._report: dict[str, Any] | None = None
+        # The view and settings last rendered, with what they gave.
+        self._rendered: (
+            tuple[RoutingTable | ClusterState, HaproxySettings, Desired, Sequence[Exclusion]] | None
+        ) = None
         self._changed = asyncio.Event()
         self._retry_at: float | None = None
         self._backoff = 0.5
         self._applied = asyncio.Condition()
         self._generation = 0  # tables handed in
         self._done_generation = 0  # tables applied (or attempted)
+
+    @property
+    def last_report(self) -> dict[str, Any] | None:
+        """Return the plan document (`sidecar plan --json`) of the last reconcile, or None
+        before the first; made on the first request after each reconcile."""
+        if self._report is None and self._planned is not None:
+            want, actual, actions, excluded = self._planned
+            self._report = plan_report(
+                want, actual, actions, excluded, config_file=self.config_file
+            )
+        return self._report
 
     def update(self, view: RoutingTable | ClusterState) -> None:
         """Hand in the newest routing table, or the cluster state to derive it from (then the
@@ -204,18 +222,34 @@ class Reconciler:
         bound = await asyncio.to_thread(self.addresses.bound)
         return replace(actual, bound_ips=bound)
 
-    async def _reconcile(self, view: RoutingTable | ClusterState) -> Outcome:
+    def _render(self, view: RoutingTable | ClusterState) -> tuple[Desired, Sequence[Exclusion]]:
+        """Return the desired config for `view` and the instances it leaves out, rendered
+        again only when the view or the settings changed (a resync or a retry reuses it).
+
+        Raises TemplateError."""
+        if self._rendered is not None:
+            seen, settings, want, excluded = self._rendered
+            if seen is view and settings is self.settings:
+                return want, excluded
         table = views.routing_table(view) if isinstance(view, ClusterState) else view
+        rendered = desired(table, self.settings, now=time.time_ns())
+        # Kept without the rendered structure (three objects per server): a plan needs only
+        # the text and the bind IPs.
+        want = Desired(rendered.config, bind_ips=rendered.bind_ips)
+        self._rendered = (view, self.settings, want, table.excluded)
+        return want, table.excluded
+
+    async def _reconcile(self, view: RoutingTable | ClusterState) -> Outcome:
         try:
-            want = desired(table, self.settings, now=time.time_ns())
+            want, excluded = self._render(view)
         except TemplateError as exc:
             return self._finish(Outcome((), error=str(exc)), retry="next-change")
         self.last_desired = want
         actual = await self._actual()
         actions = plan(want, actual)
-        self.last_report = plan_report(
-            want, actual, actions, table.excluded, config_file=self.config_file
-        )
+        # A report shows the config on disk and whether HAProxy runs, not its servers.
+        shown = Actual(config=actual.config, running=actual.running, bound_ips=actual.bound_ips)
+        self._planned, self._report = (want, shown, actions, excluded), None
         if not self.apply:
             return self._finish(Outcome(actions, applied=False))
         if not actions:

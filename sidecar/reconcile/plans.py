@@ -64,7 +64,7 @@ class _Parsed:
     cookie_backends: frozenset[str]
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)  # a plan compares two configs; the next reuses one
 def _parse(config: str) -> _Parsed:
     """Return a config's servers by backend and the backends that declare a cookie.
 
@@ -117,7 +117,7 @@ def _masked(config: str) -> str:
     return RENDERED_TIME.sub("<now>", config) if _TIME_MARK in config else config
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)  # a plan compares two configs; the next reuses one
 def without_servers(config: str) -> str:
     """Return the config with its `server` lines removed and rendered times masked: what a
     reload would change."""

@@ -230,3 +230,64 @@ def test_a_busy_server_is_retried_without_a_new_change(monkeypatch):
 def test_min_wait_may_not_exceed_max_wait():
     with pytest.raises(ValueError, match="min_wait <= max_wait"):
         Reconciler(ModelHaproxy(), None, SETTINGS, min_wait=2.0, max_wait=1.0)
+
+
+def test_a_resync_of_the_same_view_reuses_the_render_and_new_settings_render_again(
+    monkeypatch,
+):
+    class CountingHaproxy(ModelHaproxy):
+        reads = 0
+
+        async def read_actual(self) -> plans.Actual:
+            self.reads += 1
+            return await super().read_actual()
+
+    haproxy = CountingHaproxy()
+    renders: list[HaproxySettings] = []
+    real_desired = loop_module.desired
+
+    def counting_desired(table, settings, *, now):
+        renders.append(settings)
+        return real_desired(table, settings, now=now)
+
+    monkeypatch.setattr(loop_module, "desired", counting_desired)
+
+    async def scenario():
+        async with running(haproxy, min_wait=0.0, max_wait=0.05, resync=0.05) as reconciler:
+            view = table(svc("a"))
+            reconciler.update(view)
+            await reconciler.settled()
+            await asyncio.sleep(0.3)  # several resyncs of the same view
+            resynced = haproxy.reads
+            rendered_then = len(renders)
+            reconciler.settings = replace(SETTINGS, stats_port=3213)
+            reconciler.poke()
+            await asyncio.sleep(0.2)
+            return resynced, rendered_then
+
+    resynced, rendered_then = asyncio.run(scenario())
+    assert resynced >= 3, resynced  # the resyncs did read HAProxy and plan...
+    assert rendered_then == 1  # ...on the one render of that view
+    assert renders[-1].stats_port == 3213  # new settings: rendered again
+    assert "bind 0.0.0.0:3213" in haproxy.actual.config
+    assert haproxy.calls == ["write", "start", "write", "reload"]
+
+
+def test_the_plan_report_is_made_when_asked_for_and_shows_no_servers():
+    haproxy = ModelHaproxy()
+
+    async def scenario():
+        async with running(haproxy, apply=False, min_wait=0.0) as reconciler:
+            assert reconciler.last_report is None  # nothing planned yet
+            reconciler.update(table(svc("a")))
+            await reconciler.settled()
+            return reconciler
+
+    reconciler = asyncio.run(scenario())
+    report = reconciler.last_report
+    assert report is not None
+    assert report is reconciler.last_report  # made once, then kept
+    assert report["pending"] is True
+    assert [a["kind"] for a in report["actions"]] == ["bind", "write", "start"]
+    assert "+frontend web-8080" in report["diff"]
+    assert report["haproxy_running"] is False
