@@ -118,7 +118,9 @@ def go_indent(compact: bytes, *, prefix: bytes = b"", indent: bytes = b"  ") -> 
     Go does). Raises ValueError where the input cannot be tokenized (e.g. an open string);
     it does not otherwise validate the JSON.
     """
-    out: list[bytes] = []
+    # One growing buffer, not a list of tokens: a list held every token of a large document
+    # at once (services.json of 1,000 records: 9 MiB for 0.5 MB of output).
+    out = bytearray()
     newlines = [b"\n" + prefix]  # newlines[d]: a newline and the indentation of depth d
     depth = 0  # indentation level, as Go counts it
     open_containers = 0
@@ -132,7 +134,7 @@ def go_indent(compact: bytes, *, prefix: bytes = b"", indent: bytes = b"  ") -> 
         kind, token, pos = match.lastgroup, match.group(), match.end()
         if kind == "space":
             if top_done:
-                out.append(token)
+                out += token
             continue
         if kind == "close":
             if open_containers == 0:
@@ -141,8 +143,8 @@ def go_indent(compact: bytes, *, prefix: bytes = b"", indent: bytes = b"  ") -> 
                 need_indent = False
             else:
                 depth -= 1
-                out.append(newlines[depth])
-            out.append(token)
+                out += newlines[depth]
+            out += token
             open_containers -= 1
             top_done = open_containers == 0
             continue
@@ -151,20 +153,20 @@ def go_indent(compact: bytes, *, prefix: bytes = b"", indent: bytes = b"  ") -> 
             depth += 1
             if depth == len(newlines):
                 newlines.append(newlines[-1] + indent)
-            out.append(newlines[depth])
+            out += newlines[depth]
         if kind == "open":
             need_indent = True
             open_containers += 1
-            out.append(token)
+            out += token
         elif kind == "comma":
-            out.append(b",")
-            out.append(newlines[depth])
+            out += b","
+            out += newlines[depth]
         elif kind == "colon":
-            out.append(b": ")
+            out += b": "
         else:
-            out.append(token)
+            out += token
             top_done = open_containers == 0
-    return b"".join(out)
+    return bytes(out)
 
 
 def _by_service_text(groups: Mapping[str, Sequence[Service]]) -> str:

@@ -6,6 +6,8 @@ The expected outputs are written by hand from Go's `encoding/json` rules (`json.
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from sidecar.adapters import http
@@ -51,6 +53,33 @@ def test_go_indent_copies_strings_verbatim() -> None:
     assert http.go_indent(compact) == (
         b'{\n  "a{,:[": "}],\\"\\u003c\\\\",\n  "\\\\": [\n    "\\"",\n    ": "\n  ]\n}'
     )
+
+
+def test_services_json_of_a_thousand_records_needs_little_more_than_its_output() -> None:
+    """An API client polling services.json must not cost the daemon 20x the document."""
+    records = [
+        Service(
+            id=f"{i:012x}",
+            name=f"svc-{i:04d}",
+            image="web:1",
+            created=T0,
+            hostname="h1",
+            ports=(Port(type="tcp", port=40000 + i, service_port=20000 + i, ip="10.0.0.1"),),
+            updated=T0,
+            proxy_mode="http",
+            status=Status.ALIVE,
+        )
+        for i in range(1000)
+    ]
+    state = merge.merge_records(ClusterState(hostname="h1"), records, now=T0).state
+    tracemalloc.start()
+    try:
+        document = http.services_json(state, {"h1": T0})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"services.json {len(document)} bytes, peak {peak / len(document):.1f}x that")
+    assert peak < 5 * len(document)  # a list of its tokens made it ~19x
 
 
 def test_go_indent_drops_whitespace_between_tokens_and_keeps_it_after_the_value() -> None:
