@@ -146,6 +146,11 @@ class Reconciler:
         self._done_generation = 0  # tables applied (or attempted)
 
     @property
+    def last_excluded(self) -> Sequence[Exclusion]:
+        """Return the instances the last reconcile's routing table left out (none before)."""
+        return () if self._planned is None else self._planned[3]
+
+    @property
     def last_report(self) -> dict[str, Any] | None:
         """Return the plan document (`sidecar plan --json`) of the last reconcile, or None
         before the first; made on the first request after each reconcile."""
@@ -209,6 +214,9 @@ class Reconciler:
         generation = self._generation
         try:
             outcome = await self._reconcile(self._table)
+        except Exception as exc:  # a bug must not end the loop: report it, back off, go on
+            log.exception("reconcile failed")
+            outcome = self._finish(Outcome((), error=f"internal error: {exc!r}"))
         finally:
             async with self._applied:
                 self._done_generation = max(self._done_generation, generation)
@@ -245,7 +253,12 @@ class Reconciler:
         except TemplateError as exc:
             return self._finish(Outcome((), error=str(exc)), retry="next-change")
         self.last_desired = want
-        actual = await self._actual()
+        try:
+            actual = await self._actual()
+        except (ApplyError, OSError, ValueError) as exc:
+            # The address listing failed, the config file cannot be read (or decoded): a
+            # failure like an apply's, retried after a backoff; the loop goes on.
+            return self._finish(Outcome((), error=f"cannot read what runs: {exc}"))
         actions = plan(want, actual)
         # A report shows the config on disk and whether HAProxy runs, not its servers.
         shown = Actual(config=actual.config, running=actual.running, bound_ips=actual.bound_ips)

@@ -12,7 +12,7 @@ import pytest
 from sidecar.reconcile import loop as loop_module
 from sidecar.reconcile import plans
 from sidecar.reconcile.desired import HaproxySettings
-from sidecar.reconcile.errors import ConfigRejected, RuntimeRefused, ServerBusy
+from sidecar.reconcile.errors import AddressFailed, ConfigRejected, RuntimeRefused, ServerBusy
 from sidecar.reconcile.loop import Reconciler
 from sidecar.state import merge, times, views
 from sidecar.state.model import ClusterState, Port, Service, Status
@@ -291,3 +291,90 @@ def test_the_plan_report_is_made_when_asked_for_and_shows_no_servers():
     assert [a["kind"] for a in report["actions"]] == ["bind", "write", "start"]
     assert "+frontend web-8080" in report["diff"]
     assert report["haproxy_running"] is False
+
+
+def test_what_runs_cannot_be_read_is_a_failure_retried_not_the_end_of_the_loop():
+    haproxy = ModelHaproxy()
+
+    class FlakyAddresses(Addresses):
+        failures = 2
+
+        def bound(self) -> frozenset[str]:
+            if self.failures:
+                self.failures -= 1
+                raise AddressFailed("cannot list the addresses on lo: `ip` timed out")
+            return super().bound()
+
+    class UnreadableHaproxy(ModelHaproxy):
+        unreadable = True
+
+        async def read_actual(self) -> plans.Actual:
+            if self.unreadable:
+                self.unreadable = False
+                raise PermissionError(13, "Permission denied", "/etc/haproxy/haproxy.cfg")
+            return await super().read_actual()
+
+    async def scenario(haproxy, addresses):
+        reconciler = Reconciler(haproxy, addresses, SETTINGS, min_wait=0.0, max_wait=0.05)
+        task = asyncio.create_task(reconciler.run())
+        try:
+            reconciler.update(table(svc("a")))
+            await reconciler.settled()
+            first = reconciler.last
+            for _ in range(100):  # the backoff retries (0.5 s, then 1 s) until it works
+                if reconciler.last is not None and reconciler.last.error is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert not task.done()
+            return first, reconciler.last, reconciler.stats.failures
+        finally:
+            task.cancel()
+
+    first, last, failures = asyncio.run(scenario(haproxy, FlakyAddresses()))
+    assert first is not None
+    assert first.error == "cannot read what runs: cannot list the addresses on lo: `ip` timed out"
+    assert last is not None
+    assert last.error is None
+    assert failures == 2
+    assert haproxy.calls == ["write", "start"]
+
+    unreadable = UnreadableHaproxy()
+    first, last, failures = asyncio.run(scenario(unreadable, Addresses()))
+    assert first is not None
+    assert first.error is not None
+    assert first.error.startswith("cannot read what runs: ")
+    assert "Permission denied" in first.error
+    assert last is not None
+    assert last.error is None
+    assert unreadable.calls == ["write", "start"]
+
+
+def test_a_bug_in_a_reconcile_is_reported_and_the_loop_goes_on(monkeypatch):
+    haproxy = ModelHaproxy()
+    real_plan = loop_module.plan
+    calls = []
+
+    def plan_with_a_bug(want, actual):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("web-8080")
+        return real_plan(want, actual)
+
+    monkeypatch.setattr(loop_module, "plan", plan_with_a_bug)
+
+    async def scenario():
+        async with running(haproxy, min_wait=0.0, max_wait=0.05) as reconciler:
+            reconciler.update(table(svc("a")))
+            first = await reconciler.settled()
+            for _ in range(40):  # retried after the 0.5 s backoff
+                if reconciler.last is not None and reconciler.last.error is None:
+                    break
+                await asyncio.sleep(0.05)
+            return first, reconciler.last
+
+    first, last = asyncio.run(scenario())
+    assert first is not None
+    assert first.error == "internal error: KeyError('web-8080')"
+    assert last is not None
+    assert last.error is None
+    assert haproxy.calls == ["write", "start"]
