@@ -473,7 +473,7 @@ def _run(args: argparse.Namespace) -> int:
     _steady_allocator()
     from sidecar import config as configuration
     from sidecar.adapters.ipbind import IpBindError, host_ipv4_addresses
-    from sidecar.daemon import Daemon
+    from sidecar.daemon import Daemon, DaemonFailed
 
     overrides: dict[str, object] = {}
     for flag, key in (
@@ -537,6 +537,8 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(main())
     except OSError as exc:  # the API's address taken, a socket directory not writable, ...
         log.error("cannot run: %s", exc)
+        return 1
+    except DaemonFailed:  # logged, with its cause, as it happened
         return 1
     return 0
 

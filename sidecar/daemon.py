@@ -45,6 +45,11 @@ log = logging.getLogger("sidecar.daemon")
 TICK = 1.0  # seconds between re-stamps and expiry runs, as Go's loops
 
 
+class DaemonFailed(RuntimeError):
+    """A part of the daemon (discovery, the state updates, the HAProxy loop) stopped; the
+    daemon stopped with it. The message names the part and its error."""
+
+
 class Daemon:
     """One host's sidecar. `run(stop)` until `stop` is set; see the module docstring."""
 
@@ -237,9 +242,17 @@ class Daemon:
             }
             for r in self._rejected
         ]
-        report = self.reconciler.last_report if self.reconciler is not None else None
-        for excluded in (report or {}).get("excluded", ()):
-            found.append({"stage": "routing", **excluded})
+        excluded = self.reconciler.last_excluded if self.reconciler is not None else ()
+        found.extend(
+            {
+                "stage": "routing",
+                "hostname": e.hostname,
+                "id": e.service_id,
+                "name": e.name,
+                "reason": e.reason,
+            }
+            for e in excluded
+        )
         return found
 
     def health(self) -> tuple[bool, Mapping[str, Any]]:
@@ -322,20 +335,33 @@ class Daemon:
         app = http.make_app(self, api_token=token, metrics=self.metrics)
         server = await http.serve(app, host, port)
         log.info("HTTP API on http://%s:%d", host, port)
-        tasks: list[asyncio.Task[None]] = []
+        observations: asyncio.Queue[HostObservation] = asyncio.Queue()
+        parts = {
+            "discovery": self.host.run(observations),
+            "state updates": self._follow(observations),
+            "ticks": self._ticks(),
+        }
+        if self.reconciler is not None:
+            self.reconciler.update(self._state)
+            parts["the HAProxy loop"] = self.reconciler.run()
+        tasks = [asyncio.create_task(coro, name=name) for name, coro in parts.items()]
+        stopping = asyncio.create_task(stop.wait())
         try:
-            async with self.host.running() as observations:
-                tasks.append(asyncio.create_task(self._follow(observations)))
-                tasks.append(asyncio.create_task(self._ticks()))
-                if self.reconciler is not None:
-                    self.reconciler.update(self._state)
-                    tasks.append(asyncio.create_task(self.reconciler.run()))
-                await stop.wait()
-                log.info("stopping")
+            await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            ended = [task for task in tasks if task.done()]
+            if ended:
+                # Each part runs until cancelled: one that ended leaves the others serving
+                # a state that no longer follows what runs. Better to stop and be restarted.
+                task = ended[0]
+                cause = None if task.cancelled() else task.exception()
+                log.error("%s stopped (%r); stopping", task.get_name(), cause)
+                raise DaemonFailed(f"{task.get_name()} stopped: {cause!r}") from cause
+            log.info("stopping")
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            stopping.cancel()
+            for part in tasks:
+                part.cancel()
+            await asyncio.gather(stopping, *tasks, return_exceptions=True)
             await server.stop()
             await self._release()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +41,20 @@ if TYPE_CHECKING:  # the Docker SDK is imported only where Docker discovery is c
     from sidecar.adapters.docker import DockerDiscovery
 
 log = logging.getLogger("sidecar.host")
+
+
+class SourceEnded(RuntimeError):
+    """A source of observations (Docker, the static file, the checks) stopped for good."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    task: asyncio.Task[None]
+
+
+def _report_end(inputs: asyncio.Queue[Any], task: asyncio.Task[None]) -> None:
+    if not task.cancelled():  # cancelled is how they are stopped
+        inputs.put_nowait(_Ended(task))
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +124,15 @@ class HostDiscovery:
             timeout=self._check_timeout,
             clock=self._clock,
         )
-        tasks = [asyncio.create_task(self._forward(reports, inputs))]
+        sources = {"check reports": self._forward(reports, inputs)}
         if self._docker is not None:
-            tasks.append(asyncio.create_task(self._docker.run(inputs)))
+            sources["Docker discovery"] = self._docker.run(inputs)
         if self._static is not None:
-            tasks.append(asyncio.create_task(self._static.run(inputs)))
+            sources["static discovery"] = self._static.run(inputs)
+        tasks = [asyncio.create_task(coro, name=name) for name, coro in sources.items()]
+        for task in tasks:
+            # Each runs until cancelled; one that ends anyway is news for the loop below.
+            task.add_done_callback(functools.partial(_report_end, inputs))
         try:
             await self._emit(out, runner)
             while True:
@@ -134,9 +153,7 @@ class HostDiscovery:
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.gather(*tasks, return_exceptions=True)  # an error was reported
             await runner.close()
 
     @staticmethod
@@ -152,7 +169,15 @@ class HostDiscovery:
 
     def _fold(self, item: object) -> bool:
         """Take one input in; return whether what this host serves may have changed (a check
-        result that leaves the service's status as it was changes nothing)."""
+        result that leaves the service's status as it was changes nothing).
+
+        Raises SourceEnded when one of the sources stopped: what this host serves would no
+        longer follow what runs, so nothing more is observed (the daemon stops).
+        """
+        if isinstance(item, _Ended):
+            task = item.task
+            cause = task.exception()
+            raise SourceEnded(f"{task.get_name()} stopped: {cause!r}") from cause
         if isinstance(item, ContainerListing):
             self._listing = item.containers
             self._unreachable_since = None

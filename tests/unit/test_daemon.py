@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import config as configuration
-from sidecar.daemon import Daemon
+from sidecar.daemon import Daemon, DaemonFailed
 from sidecar.host import HostObservation
 from sidecar.state import times
 from sidecar.state.model import Port, Service, Status
@@ -115,3 +118,74 @@ def test_health_fails_while_haproxy_does_not_follow_the_state():
     assert "cannot bind" in details["haproxy_error"]
     d.reconciler.last = Outcome(())
     assert d.health()[0] is True
+
+
+def test_rejections_name_what_the_routing_table_left_out(tmp_path):
+    d = daemon(
+        HAPROXY_APPLY="false",  # observe only: HAProxy is read (it is not running), never run
+        HAPROXY_CONFIG_FILE=str(tmp_path / "haproxy.cfg"),
+        HAPROXY_MASTER_SOCKET=str(tmp_path / "master.sock"),
+    )
+    udp_only = Service(
+        id="u1",
+        name="dns",
+        image="dns:1",
+        created=T0,
+        hostname="me",
+        ports=(Port(type="udp", port=30053, service_port=53, ip="127.0.0.1"),),
+        updated=0,
+        proxy_mode="tcp",
+        status=Status.ALIVE,
+    )
+
+    async def scenario():
+        assert d.reconciler is not None
+        task = asyncio.create_task(d.reconciler.run())
+        try:
+            d._observe(HostObservation((web("a1"), udp_only), (), T0))
+            await d.reconciler.settled()
+            return d.rejections()
+        finally:
+            task.cancel()
+
+    assert asyncio.run(scenario()) == [
+        {
+            "stage": "routing",
+            "hostname": "me",
+            "id": "u1",
+            "name": "dns",
+            "reason": "no TCP port with a service port",
+        }
+    ]
+    assert not (tmp_path / "haproxy.cfg").exists()  # observe-only wrote nothing
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_part_that_stops_stops_the_daemon_naming_it(tmp_path, caplog):
+    d = daemon(
+        HAPROXY_DISABLE="true",
+        SIDECAR_HTTP_ADDRESS=f"127.0.0.1:{free_port()}",
+        STATIC_CONFIG_FILE=str(tmp_path / "static.json"),
+    )
+
+    def broken_tick() -> None:
+        raise ZeroDivisionError("division by zero")
+
+    d._tick = broken_tick  # the 1 s tick: re-stamp and expire
+
+    async def scenario() -> float:
+        began = time.monotonic()
+        async with asyncio.timeout(10):
+            with pytest.raises(DaemonFailed) as failed:
+                await d.run(asyncio.Event())  # never set: only the failure ends it
+        assert str(failed.value) == "ticks stopped: ZeroDivisionError('division by zero')"
+        return time.monotonic() - began
+
+    took = asyncio.run(scenario())
+    assert took < 5  # the first tick, a second in
+    assert "ticks stopped (ZeroDivisionError('division by zero')); stopping" in caplog.text

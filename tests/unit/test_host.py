@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sidecar.host import HostDiscovery
+from sidecar.host import HostDiscovery, SourceEnded
 from sidecar.state.discovery import (
     ContainerFacts,
     ContainerListing,
@@ -53,3 +53,32 @@ def test_services_survive_a_short_outage_and_go_once_the_grace_is_over():
     gone_at = next(at for at, count in seen if count == 0 and at > 0.1)
     # The Engine went away at ~0.2 s; the services go at ~0.2 + grace, not before.
     assert 0.2 + grace - 0.05 <= gone_at <= 0.2 + grace + 1.0, seen
+
+
+class CrashingDocker:
+    """A Docker source with a bug: one listing, then it dies."""
+
+    async def run(self, out: asyncio.Queue) -> None:
+        await out.put(ContainerListing((FACTS,), at=time.time_ns()))
+        await asyncio.sleep(0.1)
+        raise KeyError("Labels")
+
+
+def test_a_source_that_stops_stops_the_discovery_naming_it():
+    async def scenario() -> tuple[list[int], BaseException | None]:
+        host = HostDiscovery(POLICY, docker=CrashingDocker())
+        out: asyncio.Queue = asyncio.Queue()
+        task = asyncio.create_task(host.run(out))
+        async with asyncio.timeout(5):
+            while not task.done():
+                await asyncio.sleep(0.01)
+        counts = []
+        while not out.empty():
+            counts.append(len(out.get_nowait().services))
+        return counts, task.exception()
+
+    counts, error = asyncio.run(scenario())
+    assert 1 in counts  # it served what the source saw while it ran
+    assert isinstance(error, SourceEnded)
+    assert str(error) == "Docker discovery stopped: KeyError('Labels')"
+    assert isinstance(error.__cause__, KeyError)
