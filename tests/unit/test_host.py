@@ -70,8 +70,7 @@ def test_a_source_that_stops_stops_the_discovery_naming_it():
         out: asyncio.Queue = asyncio.Queue()
         task = asyncio.create_task(host.run(out))
         async with asyncio.timeout(5):
-            while not task.done():
-                await asyncio.sleep(0.01)
+            await asyncio.wait([task])
         counts = []
         while not out.empty():
             counts.append(len(out.get_nowait().services))
