@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -533,6 +534,12 @@ def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGHUP, lambda: _reload(daemon, args, overrides))
         await daemon.run(stop)
 
+    # What start-up made (modules, classes, the configuration) lives as long as the process:
+    # out of the collector's sight, a full collection no longer walks it (at 10,000 services
+    # a reconcile's render and plan is ~20 % faster, bench/haproxy_churn.py --render-only).
+    # Start-up's garbage is collected first, so that none of it is kept for good.
+    gc.collect()
+    gc.freeze()
     try:
         asyncio.run(main())
     except OSError as exc:  # the API's address taken, a socket directory not writable, ...
