@@ -17,6 +17,9 @@ here, not in the adapters):
 * HAProxy does not start or reload, or the address cannot be bound: retried with backoff.
 
 With `apply=False` (observe-only) the plan is computed and kept, never carried out.
+
+For a large view the pure part (routing table, render, plan: ~0.3 s at 10,000 services) runs
+in a worker thread, so the event loop, its checks and API answers, is not stalled by it.
 """
 
 from __future__ import annotations
@@ -99,6 +102,17 @@ class Stats:
 
 
 _RUNTIME_KINDS = frozenset({"add-server", "del-server", "enable-server", "set-server-addr"})
+
+# Records (or routed services) beyond which the pure part of a reconcile runs in a thread
+# (the view, the settings and the plan are immutable; one reconcile runs at a time).
+OFFLOAD_SERVICES = 1000
+
+
+def _size(view: RoutingTable | ClusterState) -> int:
+    """Return the number of records in a state, or of services in a routing table."""
+    if isinstance(view, ClusterState):
+        return sum(len(server.entries) for server in view.servers.values())
+    return len(view.services)
 
 
 class Reconciler:
@@ -248,8 +262,12 @@ class Reconciler:
         return want, table.excluded
 
     async def _reconcile(self, view: RoutingTable | ClusterState) -> Outcome:
+        offload = _size(view) > OFFLOAD_SERVICES
         try:
-            want, excluded = self._render(view)
+            if offload:
+                want, excluded = await asyncio.to_thread(self._render, view)
+            else:
+                want, excluded = self._render(view)
         except TemplateError as exc:
             return self._finish(Outcome((), error=str(exc)), retry="next-change")
         self.last_desired = want
@@ -259,7 +277,7 @@ class Reconciler:
             # The address listing failed, the config file cannot be read (or decoded): a
             # failure like an apply's, retried after a backoff; the loop goes on.
             return self._finish(Outcome((), error=f"cannot read what runs: {exc}"))
-        actions = plan(want, actual)
+        actions = await asyncio.to_thread(plan, want, actual) if offload else plan(want, actual)
         # A report shows the config on disk and whether HAProxy runs, not its servers.
         shown = Actual(config=actual.config, running=actual.running, bound_ips=actual.bound_ips)
         self._planned, self._report = (want, shown, actions, excluded), None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from dataclasses import replace
 
 import pytest
@@ -377,4 +378,36 @@ def test_a_bug_in_a_reconcile_is_reported_and_the_loop_goes_on(monkeypatch):
     assert first.error == "internal error: KeyError('web-8080')"
     assert last is not None
     assert last.error is None
+    assert haproxy.calls == ["write", "start"]
+
+
+@pytest.mark.parametrize(("limit", "in_a_thread"), [(1000, False), (0, True)])
+def test_the_pure_part_of_a_large_reconcile_runs_off_the_event_loop(
+    monkeypatch, limit, in_a_thread
+):
+    haproxy = ModelHaproxy()
+    threads: dict[str, bool] = {}
+    real_desired, real_plan = loop_module.desired, loop_module.plan
+
+    def desired_seen(table, settings, *, now):
+        threads["desired"] = threading.current_thread() is not threading.main_thread()
+        return real_desired(table, settings, now=now)
+
+    def plan_seen(want, actual):
+        threads["plan"] = threading.current_thread() is not threading.main_thread()
+        return real_plan(want, actual)
+
+    monkeypatch.setattr(loop_module, "desired", desired_seen)
+    monkeypatch.setattr(loop_module, "plan", plan_seen)
+    monkeypatch.setattr(loop_module, "OFFLOAD_SERVICES", limit)
+
+    async def scenario():
+        async with running(haproxy, min_wait=0.0) as reconciler:
+            reconciler.update(table(svc("a")))  # one service: over a limit of 0
+            return await reconciler.settled()
+
+    outcome = asyncio.run(scenario())
+    assert outcome is not None
+    assert outcome.error is None
+    assert threads == {"desired": in_a_thread, "plan": in_a_thread}
     assert haproxy.calls == ["write", "start"]
