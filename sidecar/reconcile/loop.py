@@ -248,17 +248,19 @@ class Reconciler:
         """Return the desired config for `view` and the instances it leaves out, rendered
         again only when the view or the settings changed (a resync or a retry reuses it).
 
-        Raises TemplateError."""
+        Raises TemplateError. May run in a worker thread: it reads `settings` once (a
+        SIGHUP may replace them meanwhile) and only it writes what it rendered."""
+        settings = self.settings
         if self._rendered is not None:
-            seen, settings, want, excluded = self._rendered
-            if seen is view and settings is self.settings:
+            seen, used, want, excluded = self._rendered
+            if seen is view and used is settings:
                 return want, excluded
         table = views.routing_table(view) if isinstance(view, ClusterState) else view
-        rendered = desired(table, self.settings, now=time.time_ns())
+        rendered = desired(table, settings, now=time.time_ns())
         # Kept without the rendered structure (three objects per server): a plan needs only
         # the text and the bind IPs.
         want = Desired(rendered.config, bind_ips=rendered.bind_ips)
-        self._rendered = (view, self.settings, want, table.excluded)
+        self._rendered = (view, settings, want, table.excluded)
         return want, table.excluded
 
     async def _reconcile(self, view: RoutingTable | ClusterState) -> Outcome:
