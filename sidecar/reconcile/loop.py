@@ -19,7 +19,8 @@ here, not in the adapters):
 With `apply=False` (observe-only) the plan is computed and kept, never carried out.
 
 For a large view the pure part (routing table, render, plan: ~0.3 s at 10,000 services) runs
-in a worker thread, so the event loop, its checks and API answers, is not stalled by it.
+in a worker thread, so the event loop, its checks and API answers, is not stalled by it (the
+rare re-plan of a runtime fallback, which parses no config on disk, stays on the loop).
 """
 
 from __future__ import annotations
