@@ -23,6 +23,11 @@ Routes (sidecar-behaviour.md §6.1-6.4):
 Errors are Go's `{"message":"...","status":"error"}` (compact, as Go's `json.Marshal`),
 also for unknown paths (404) and wrong methods (405). There is no `/debug/pprof`
 (§12 item 4). Requests are logged at DEBUG on `sidecar.http`; there is no access log.
+
+Bounded against slow and numerous clients (constants below): a request head is due within
+HEAD_TIMEOUT of a connection's opening or of its previous handler's end, an unread body is
+dropped within BODY_TIMEOUT, at most MAX_CONNECTIONS connections and MAX_WATCHERS watch
+streams are open, and `HttpServer.stop()` takes at most about STOP_GRACE.
 """
 
 from __future__ import annotations
@@ -57,11 +62,36 @@ INVALID_EXTENSION: Final = "Not Found - Invalid content type extension"
 FORBIDDEN_DRAIN: Final = "Forbidden - drain is accepted from loopback or with the API token"
 PLAN_DISABLED: Final = "HAProxy management is disabled"
 METRICS_DISABLED: Final = "Not Found - metrics are disabled"
+TOO_MANY_WATCHERS: Final = (
+    "Service Unavailable - too many watch streams open (the limit is {limit})"
+)
 
 # How often a watch stream checks that its client is still there, when the server does not
 # cancel handlers on disconnect (`serve` does; other runners may not).
 LIVENESS_POLL: Final = 1.0
-SHUTDOWN_TIMEOUT: Final = 5.0
+
+# The server's bounds against slow and numerous clients (parameters of `serve` and `make_app`;
+# not user configuration).
+#
+# A connection must deliver a complete request head within HEAD_TIMEOUT seconds of opening, or
+# of the end of its previous request's handler (an idle keep-alive connection included), else
+# it is closed: a client sending its head a byte at a time (slowloris) holds a connection that
+# long at most. The deadline is suspended while a handler runs, so a watch stream is not cut.
+HEAD_TIMEOUT: Final = 10.0
+# No handler reads a request body (drain takes none). After the answer, aiohttp discards an
+# unread body for at most BODY_TIMEOUT seconds (and HEAD_TIMEOUT from the handler's end, which
+# comes first), then closes the connection, so a half-sent body does not hold it either.
+BODY_TIMEOUT: Final = 10.0
+# Connections open at once; one more is closed as soon as it is accepted (see `_Connection`).
+MAX_CONNECTIONS: Final = 256
+# `/api/watch` streams open at once; one more is answered 503 (each holds a task, a connection
+# and its buffers: 1,000 watchers cost 18 MB that the allocator kept).
+MAX_WATCHERS: Final = 64
+# How long `HttpServer.stop()` gives requests in flight to finish before it closes their
+# connections (the daemon must exit within a second of SIGTERM, whatever a client does).
+STOP_GRACE: Final = 0.3
+# Refused connections are logged at most this often (a flood must not flood the log too).
+REFUSAL_LOG_INTERVAL: Final = 60.0
 # A state with more records than this is encoded in a worker thread (states are immutable
 # snapshots), so encoding a large document (services.json of 10,000 records: ~0.3 s) does
 # not stall the loop that runs gossip and checks.
@@ -335,6 +365,8 @@ class _Api:
     api_token: str
     metrics: Callable[[], bytes] | None
     trust_loopback: bool
+    max_watchers: int
+    watchers: int = 0
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -356,6 +388,19 @@ def _error(status: int, message: str, *, cors: bool = False) -> web.Response:
 
 def _json_extension(request: web.Request) -> bool:
     return request.match_info["ext"] == "json"
+
+
+@web.middleware
+async def _suspend_head_deadline(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Run the handler with its connection's head deadline suspended (see `_Connection`)."""
+    connection = request.protocol
+    if not isinstance(connection, _Connection):  # served by another runner than `serve`'s
+        return await handler(request)
+    connection.handler_started()
+    try:
+        return await handler(request)
+    finally:
+        connection.handler_ended()
 
 
 @web.middleware
@@ -475,13 +520,26 @@ def _client_gone(request: web.Request) -> bool:
 
 
 async def _watch(request: web.Request) -> web.StreamResponse:
-    """Stream the current document, then one per change, until the client or server goes."""
+    """Stream the current document, then one per change, until the client or server goes.
+
+    Beyond `max_watchers` streams open at once, answer 503 (Go has no such limit).
+    """
     api = request.app[_API]
-    by_service = request.query.get("by_service") != "false"
     framing = request.query.get("format", "")
     if framing not in ("", "json", "ndjson"):
         return _error(400, f"Bad Request - format {framing!r} is not json or ndjson")
-    encode = by_service_json if by_service else codec.encode_state
+    if api.watchers >= api.max_watchers:
+        return _error(503, TOO_MANY_WATCHERS.format(limit=api.max_watchers))
+    api.watchers += 1
+    try:
+        return await _stream_changes(request, api, framing)
+    finally:
+        api.watchers -= 1
+
+
+async def _stream_changes(request: web.Request, api: _Api, framing: str) -> web.StreamResponse:
+    """Return the watch stream's response once it has ended (client gone, server stopping)."""
+    encode = by_service_json if request.query.get("by_service") != "false" else codec.encode_state
     ending = b"\n" if framing == "ndjson" else b""
     response = web.StreamResponse(
         status=200, headers={"Content-Type": NDJSON if framing == "ndjson" else JSON}
@@ -563,16 +621,20 @@ def make_app(
     api_token: str = "",
     metrics: Callable[[], bytes] | None = None,
     trust_loopback: bool = True,
+    max_watchers: int = MAX_WATCHERS,
 ) -> web.Application:
     """Return the HTTP API application serving `catalog`.
 
     `api_token` (when non-empty) lets a non-loopback client drain with
     `Authorization: Bearer <token>`. `metrics` returns the Prometheus exposition served on
     `/metrics` (404 when None). `trust_loopback=False` refuses loopback peers their
-    implicit drain right (for tests of the refusal).
+    implicit drain right (for tests of the refusal). `/api/watch` answers 503 while
+    `max_watchers` streams are open.
     """
-    app = web.Application(middlewares=[_log_and_errors, _preflight])
-    app[_API] = _Api(catalog, api_token, metrics, trust_loopback)
+    if max_watchers < 1:
+        raise ValueError(f"max_watchers must be at least 1, not {max_watchers}")
+    app = web.Application(middlewares=[_suspend_head_deadline, _log_and_errors, _preflight])
+    app[_API] = _Api(catalog, api_token, metrics, trust_loopback, max_watchers)
     app.on_response_prepare.append(_on_prepare)
     app.on_shutdown.append(_on_shutdown)
     routes = app.router
@@ -590,13 +652,125 @@ def make_app(
     return app
 
 
+@dataclass
+class _ConnectionBounds:
+    """What the connections of one server share: their limits, and how many are open."""
+
+    max_connections: int
+    head_timeout: float
+    open: int = 0
+    stopping: bool = False
+    refused: int = 0  # since the last log line about it
+    refusal_logged: float = float("-inf")  # loop time of that line
+
+    def refuse(self, now: float) -> None:
+        """Count a refused connection; log the count at most every REFUSAL_LOG_INTERVAL."""
+        self.refused += 1
+        if now - self.refusal_logged >= REFUSAL_LOG_INTERVAL:
+            log.warning(
+                "HTTP API at its limit of %d open connections: %d new connection(s) closed "
+                "at once (this is logged at most every %g s)",
+                self.max_connections,
+                self.refused,
+                REFUSAL_LOG_INTERVAL,
+            )
+            self.refused = 0
+            self.refusal_logged = now
+
+
+class _Connection(web.RequestHandler):
+    """aiohttp's protocol for one connection, within the server's bounds.
+
+    * At most `max_connections` are open: one more is closed as soon as it is accepted. Not
+      a 503: answering needs the request head first, which is what a slowloris client
+      withholds, and an answer written before it would be lost to the reset its unread
+      request causes; an immediate close costs nothing, and a client sees it at once.
+    * A head deadline: the connection is closed when no handler has run on it for
+      `head_timeout` seconds, counted from its opening and from the end of each handler
+      (so it also covers sending the answer and dropping an unread body; what was already
+      written is still delivered). `_suspend_head_deadline` (a middleware) tells it when a
+      handler starts and ends. Ours, not only aiohttp's keep-alive timer: before recent
+      releases aiohttp armed that one only after a first request, and pyproject accepts 3.9.
+    """
+
+    __slots__ = ("_admitted", "_bounds", "_handlers_running", "_head_timer")
+
+    def __init__(self, bounds: _ConnectionBounds, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._bounds = bounds
+        self._admitted = False
+        self._handlers_running = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        bounds = self._bounds
+        if bounds.stopping or bounds.open >= bounds.max_connections:
+            if not bounds.stopping:
+                bounds.refuse(asyncio.get_running_loop().time())
+            transport.close()
+            return
+        self._admitted = True
+        bounds.open += 1
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._admitted:
+            return  # refused: aiohttp never saw it
+        self._admitted = False
+        self._bounds.open -= 1
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+    def handler_started(self) -> None:
+        """Suspend the head deadline while a handler runs."""
+        self._handlers_running += 1
+        self._disarm_head_deadline()
+
+    def handler_ended(self) -> None:
+        """Re-arm the head deadline: the next request's head is due within `head_timeout`."""
+        self._handlers_running -= 1
+        if self._handlers_running == 0 and self._admitted:
+            self._arm_head_deadline()
+
+    def _arm_head_deadline(self) -> None:
+        self._disarm_head_deadline()
+        loop = asyncio.get_running_loop()
+        self._head_timer = loop.call_later(self._bounds.head_timeout, self._head_overdue)
+
+    def _disarm_head_deadline(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_overdue(self) -> None:
+        self._head_timer = None
+        if self._handlers_running == 0:
+            log.debug(
+                "closing a connection from %s: no request within %g s",
+                self.peername,
+                self._bounds.head_timeout,
+            )
+            self.force_close()
+
+
 class HttpServer:
     """A running API: where it listens, and `stop()`."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        listener: asyncio.Server,
+        bounds: _ConnectionBounds,
+        host: str,
+        port: int,
+    ) -> None:
         self.runner = runner
         self.host = host
         self.port = port
+        self._listener = listener
+        self._bounds = bounds
+        self._stopped = False
 
     @property
     def url(self) -> str:
@@ -604,8 +778,19 @@ class HttpServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def open_connections(self) -> int:
+        """Return how many client connections are open (refused ones not counted)."""
+        return self._bounds.open
+
     async def stop(self) -> None:
-        """Stop listening, end watch streams, wait (bounded) for requests in flight."""
+        """Stop listening, end watch streams, give requests in flight `stop_grace` seconds,
+        then close every connection. A second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._bounds.stopping = True
+        self._listener.close()
         await self.runner.cleanup()
 
 
@@ -614,27 +799,60 @@ async def serve(
     host: str,
     port: int,
     *,
-    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+    head_timeout: float = HEAD_TIMEOUT,
+    body_timeout: float = BODY_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+    stop_grace: float = STOP_GRACE,
 ) -> HttpServer:
     """Return the server listening on `host:port` (port 0: the kernel's pick) for `app`.
 
     Handlers are cancelled when their client disconnects (a watch stream ends at once).
-    Raises OSError naming the address when it cannot listen.
+    The bounds (`HEAD_TIMEOUT`, `BODY_TIMEOUT`, `MAX_CONNECTIONS`, `STOP_GRACE` above) can be
+    changed here. Raises OSError naming the address when it cannot listen, ValueError for a
+    bound that is not positive.
     """
+    for name, value in (
+        ("head_timeout", head_timeout),
+        ("body_timeout", body_timeout),
+        ("max_connections", max_connections),
+        ("stop_grace", stop_grace),
+    ):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, not {value!r}")
+    # aiohttp's stop waits twice, each time up to its shutdown_timeout: for the handler in
+    # progress to finish, then for the connection to finish its answer (or to drop a
+    # half-sent body); then it cancels and closes. Half each keeps the whole within the grace.
     runner = web.AppRunner(
-        app, access_log=None, handler_cancellation=True, shutdown_timeout=shutdown_timeout
+        app, access_log=None, handler_cancellation=True, shutdown_timeout=stop_grace / 2
     )
     await runner.setup()
+    manager = runner.server
+    assert manager is not None  # set by setup()
+    bounds = _ConnectionBounds(max_connections, head_timeout)
+    loop = asyncio.get_running_loop()
+
+    def connection() -> _Connection:
+        # aiohttp's own keep-alive timeout agrees with the head deadline; lingering_time is
+        # how long it reads and drops an unread body after the answer.
+        return _Connection(
+            bounds,
+            manager,
+            loop=loop,
+            access_log=None,
+            keepalive_timeout=head_timeout,
+            lingering_time=body_timeout,
+        )
+
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        await web.TCPSite(runner, host, port).start()
+        listener = await loop.create_server(connection, host, port, backlog=128)
     except OSError as exc:
         await runner.cleanup()
         reason = exc.strerror or str(exc)
         raise OSError(exc.errno, f"HTTP API cannot listen on {shown}: {reason}") from exc
     bound = port
-    for address in runner.addresses:
-        bound = int(address[1])
+    for sock in listener.sockets:
+        bound = int(sock.getsockname()[1])
         break
     log.info("HTTP API listening on %s", shown if port else f"{host}:{bound}")
-    return HttpServer(runner, host, bound)
+    return HttpServer(runner, listener, bounds, host, bound)
