@@ -59,11 +59,14 @@ def _report_end(inputs: asyncio.Queue[Any], task: asyncio.Task[None]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class HostObservation:
-    """The records this host serves (health-stamped, `updated` 0) and the rejected ones."""
+    """The records this host serves (health-stamped, `updated` 0) and the rejected ones, and
+    why the static file as it is now is not used (None when it is, or there is none; its
+    last good services are still among `services`)."""
 
     services: tuple[Service, ...]
     rejected: tuple[Rejected, ...]
     at: int
+    static_error: str | None = None
 
 
 class HostDiscovery:
@@ -91,10 +94,11 @@ class HostDiscovery:
         self._unreachable_since: int | None = None
         self._static_observed: tuple[Observed, ...] = ()
         self._static_rejected: tuple[Rejected, ...] = ()
+        self._static_error: str | None = None
         self._health: dict[str, Health] = {}
         self._observed: dict[str, Observed] = {}
         self._logged_rejections: set[tuple[str, str]] = set()
-        self._last: tuple[tuple[Service, ...], tuple[Rejected, ...]] | None = None
+        self._last: HostObservation | None = None
         self.check_results: collections.Counter[str] = collections.Counter()
         """Check outcomes so far: healthy, unhealthy, unknown (for metrics)."""
 
@@ -108,6 +112,11 @@ class HostDiscovery:
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    @property
+    def static_error(self) -> str | None:
+        """Return the static file's error as of the last observation emitted, or None."""
+        return None if self._last is None else self._last.static_error
 
     def check_for(self, service_id: str) -> CheckSpec | None:
         """Return the check the service with this ID gets, or None if it is not served."""
@@ -186,6 +195,7 @@ class HostDiscovery:
         elif isinstance(item, StaticSnapshot):
             self._static_observed = item.observed
             self._static_rejected = item.rejected
+            self._static_error = item.error
         elif isinstance(item, tuple) and item and item[0] == "check":
             service_id, outcome, _ = item[1]
             self.check_results[
@@ -231,7 +241,12 @@ class HostDiscovery:
             {discovery.short_id(f.id): f.health for f in containers},
         )
         services = tuple(discovery.with_health(observed.values(), self._health))
-        current = (services, tuple(rejected))
-        if current != self._last:
-            self._last = current
-            await out.put(HostObservation(services, tuple(rejected), now))
+        last = self._last
+        if (
+            last is None
+            or services != last.services
+            or tuple(rejected) != last.rejected
+            or self._static_error != last.static_error
+        ):
+            self._last = HostObservation(services, tuple(rejected), now, self._static_error)
+            await out.put(self._last)

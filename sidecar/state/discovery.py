@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from sidecar.state.model import Port, Service, Status
+from sidecar.state.views import MAX_NAME_LENGTH
 
 ID_LENGTH: Final = 12
 
@@ -184,10 +185,43 @@ class _Refused(Exception):
     """Internal: a label that cannot be honoured; the message is the rejection reason."""
 
 
-def _text(what: str, value: str) -> str:
+def quoted(value: str, limit: int = 80) -> str:
+    """Return `repr(value)`, cut to `limit` characters with "..." when longer."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def text_problem(what: str, value: str) -> str | None:
+    """Return why `value` cannot go into a record, a check or a log line (it contains a control
+    character or line break), or None. `what` names where it came from."""
     if _CONTROL.search(value):
-        raise _Refused(f"{what} {value!r} contains a control character or line break")
+        return f"{what} {quoted(value)} contains a control character or line break"
+    return None
+
+
+def name_problem(what: str, name: str) -> str | None:
+    """Return why `name` cannot be a service name (a control character or line break, or
+    longer than MAX_NAME_LENGTH, which routing refuses), or None."""
+    if len(name) > MAX_NAME_LENGTH:
+        return (
+            f"{what} {quoted(name)} is {len(name)} characters long, "
+            f"more than the {MAX_NAME_LENGTH} a service name may have"
+        )
+    return text_problem(what, name)
+
+
+def _text(what: str, value: str) -> str:
+    problem = text_problem(what, value)
+    if problem is not None:
+        raise _Refused(problem)
     return value
+
+
+def _service_name(what: str, name: str) -> str:
+    problem = name_problem(what, name)
+    if problem is not None:
+        raise _Refused(problem)
+    return name
 
 
 def _port_number(value: str, *, label: str) -> int:
@@ -210,7 +244,7 @@ def _threshold(labels: Mapping[str, str], label: str, default: int) -> int:
 def _name(facts: ContainerFacts, namer: Namer) -> str:
     if isinstance(namer, LabelNamer):
         name = facts.labels.get(namer.label, "")
-        return _text(f"label {namer.label}", name) if name else facts.image
+        return _service_name(f"label {namer.label}", name) if name else facts.image
     match = namer.pattern.search(facts.name)
     if match is None or not match.group(1):
         return facts.image
@@ -327,7 +361,7 @@ def observe_container(facts: ContainerFacts, policy: DiscoveryPolicy) -> Observe
         return None
     service_id = short_id(facts.id)
     try:
-        name = _text("service name", _name(facts, policy.namer))
+        name = _service_name("service name", _name(facts, policy.namer))
         if not name:
             raise _Refused("the container has no service name and no image name")
         mode = _text("label ProxyMode", facts.labels.get("ProxyMode", "http"))

@@ -14,6 +14,12 @@ that its `ID`, `Created`, `Updated` and `Status` are overwritten as Go overwrite
 Where we differ from Go, on purpose:
 - IDs are derived from the target's content, so they are stable across restarts (Go draws
   random ones on every start).
+- Identical targets (the same Hostname, Name and set of Ports: they would be HAProxy
+  servers for one address) are served once, under the first one's ID; the others are
+  `Rejected` as duplicates of it (Go serves each under its own random ID).
+- Every string a target gives is validated as a container's labels are: a control
+  character or line break in any field, a Name longer than routing allows, an unknown
+  ProxyMode make that target a `Rejected` naming the field and value (Go announces it).
 - An empty `ProxyMode` becomes `"http"` (Go leaves it empty, which breaks the HAProxy config;
   spec §12 item 5).
 - A check type `Docker` (ours, for containers) means nothing for a static target, so it is
@@ -36,13 +42,17 @@ from typing import Final
 from sidecar.state import codec
 from sidecar.state.discovery import (
     ID_LENGTH,
+    PROXY_MODES,
     CheckSpec,
     CheckType,
     DiscoveryPolicy,
     Observed,
     Rejected,
     TemplateRejected,
+    name_problem,
+    quoted,
     render_check_args,
+    text_problem,
 )
 from sidecar.state.model import Port, Service, Status
 from sidecar.state.times import UNIX_EPOCH
@@ -174,6 +184,8 @@ def _check(
     fields = _fold(obj, ("Type", "Args"))
     type_name = _string(fields.get("Type", ""), f"{where}.Type", source)
     args = _string(fields.get("Args", ""), f"{where}.Args", source)
+    _refuse_if(text_problem(f"{where}.Type", type_name))
+    _refuse_if(text_problem(f"{where}.Args", args))
     if type_name == "":
         return default_check(service, policy)
     check_type = CheckType.HTTP_GET
@@ -199,6 +211,35 @@ class _TargetRefused(Exception):
     """Internal: one target cannot be served; the message is the reason."""
 
 
+def _refuse_if(problem: str | None) -> None:
+    if problem is not None:
+        raise _TargetRefused(problem)
+
+
+def _validate(service: Service, where: str) -> None:
+    """Raise _TargetRefused naming the first field of the Service a container's labels could
+    not carry either: a control character or line break anywhere, a name longer than
+    routing allows, an unknown ProxyMode."""
+    _refuse_if(name_problem(f"{where}.Name", service.name))
+    _refuse_if(text_problem(f"{where}.Image", service.image))
+    _refuse_if(text_problem(f"{where}.Hostname", service.hostname))
+    _refuse_if(text_problem(f"{where}.ProxyMode", service.proxy_mode))
+    if service.proxy_mode not in PROXY_MODES:
+        raise _TargetRefused(
+            f"{where}.ProxyMode {quoted(service.proxy_mode)} is not one of {', '.join(PROXY_MODES)}"
+        )
+    for number, port in enumerate(service.ports or ()):
+        _refuse_if(text_problem(f"{where}.Ports[{number}].Type", port.type))
+        _refuse_if(text_problem(f"{where}.Ports[{number}].IP", port.ip))
+
+
+def _target_key(service: Service) -> tuple[object, ...]:
+    """Return what makes two targets the same instance: the host, the name and the set of
+    ports (two of them would be two HAProxy servers for one address)."""
+    ports = sorted((p.type, p.port, p.service_port, p.ip) for p in service.ports or ())
+    return (service.hostname, service.name, tuple(ports))
+
+
 def _listen_port(value: object, where: str, source: str) -> int:
     if type(value) is not int or not 0 <= value <= 65535:
         # Go would take any int64 and build a URL that cannot work; a port must be a port.
@@ -218,11 +259,12 @@ def _content_key(hostname: str, name: str, image: str, ports: tuple[Port, ...] |
     )
 
 
-def static_id(content_key: str, occurrence: int) -> str:
+def static_id(content_key: str, occurrence: int = 0) -> str:
     """Return the 12 lowercase hex characters of a static service's ID.
 
-    The ID depends only on the content and on how many identical targets precede it, so it
-    survives restarts and re-reads of an unchanged file.
+    The ID depends only on the content, so it survives restarts, re-reads and reordering of
+    the file. Identical targets are served once, so `occurrence` is 0 but for the served
+    target whose ID another one already has (a 48-bit collision): 1, 2, ... until free.
     """
     digest = hashlib.sha256(f"{occurrence}:{content_key}".encode()).hexdigest()
     return digest[:ID_LENGTH]
@@ -241,7 +283,9 @@ def parse_static(
     check. `ListenPort > 0` subscribes `http://<policy.hostname>:<ListenPort>/sidecar/update`.
     A top-level `null` is an empty file, as in Go.
 
-    A target whose check cannot run here is a `Rejected` naming the target and the reason.
+    A target whose check cannot run here, with a field a container's label could not carry
+    either, or identical to an earlier served one, is a `Rejected` naming the target and the
+    reason (a duplicate's ID is the served one's).
     Raises StaticConfigError naming `source` and the line and column for invalid JSON, or
     the target index and field for a wrong shape: such a file is not used at all.
     """
@@ -254,7 +298,7 @@ def parse_static(
         )
     observed: list[Observed | Rejected] = []
     used_ids: set[str] = set()
-    occurrences: dict[str, int] = {}
+    served: dict[tuple[object, ...], tuple[int, str]] = {}  # target key -> (index, ID)
     for index, target in enumerate(document):
         where = f"target {index}"
         if not isinstance(target, dict):
@@ -263,6 +307,7 @@ def parse_static(
             )
         fields = _fold(target, ("Service", "Check", "ListenPort"))
         given = _service(fields.get("Service", {}), f"{where}.Service", source)
+        listen_port = _listen_port(fields.get("ListenPort", 0), f"{where}.ListenPort", source)
         ports = given.ports
         if ports is not None:
             ports = tuple(
@@ -273,15 +318,8 @@ def parse_static(
             )
         hostname = given.hostname or policy.hostname
         key = _content_key(hostname, given.name, given.image, ports)
-        occurrence = occurrences.get(key, 0)
-        service_id = static_id(key, occurrence)
-        while service_id in used_ids:  # a 48-bit collision: astronomically rare, still handled
-            occurrence += 1
-            service_id = static_id(key, occurrence)
-        occurrences[key] = occurrence + 1
-        used_ids.add(service_id)
         service = Service(
-            id=service_id,
+            id=static_id(key),
             name=given.name,
             image=given.image,
             created=now,
@@ -292,11 +330,29 @@ def parse_static(
             status=Status.UNKNOWN,
         )
         try:
+            _validate(service, f"{where}.Service")
             check = _check(fields.get("Check", {}), service, policy, f"{where}.Check", source)
         except _TargetRefused as refused:
             observed.append(Rejected(service.id, service.name, str(refused)))
             continue
-        listen_port = _listen_port(fields.get("ListenPort", 0), f"{where}.ListenPort", source)
+        first = served.get(_target_key(service))
+        if first is not None:
+            first_index, first_id = first
+            observed.append(
+                Rejected(
+                    first_id,
+                    service.name,
+                    f"{where} is a duplicate of target {first_index} (the same Hostname, Name "
+                    f"and Ports), which is served as ID {first_id}",
+                )
+            )
+            continue
+        occurrence = 0
+        while service.id in used_ids:  # a 48-bit collision: astronomically rare, still handled
+            occurrence += 1
+            service = replace(service, id=static_id(key, occurrence))
+        used_ids.add(service.id)
+        served[_target_key(service)] = (index, service.id)
         listener = None
         if listen_port > 0:
             listener = f"http://{policy.hostname}:{listen_port}/sidecar/update"

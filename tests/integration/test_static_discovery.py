@@ -6,12 +6,14 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from sidecar.adapters.static import StaticDiscovery, StaticSnapshot
+from sidecar.adapters import static
+from sidecar.adapters.static import DEFAULT_MAX_SIZE, StaticDiscovery, StaticSnapshot
 from sidecar.state.discovery import DiscoveryPolicy
 
 POLICY = DiscoveryPolicy(hostname="vm", advertise_ip="10.0.0.7")
@@ -50,15 +52,20 @@ def names(snapshot: StaticSnapshot) -> list[tuple[str, int]]:
 Scenario = Callable[["asyncio.Queue[StaticSnapshot]"], Awaitable[None]]
 
 
-def run_scenario(path: Path, scenario: Scenario, *, clock: Callable[[], int] | None = None) -> None:
+def run_scenario(
+    path: Path,
+    scenario: Scenario,
+    *,
+    clock: Callable[[], int] | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> None:
     """Run StaticDiscovery on `path` while `scenario` drives it; stop it afterwards."""
 
     async def main() -> None:
         queue: asyncio.Queue[StaticSnapshot] = asyncio.Queue()
-        if clock is None:
-            discovery = StaticDiscovery(path, POLICY, poll_interval=POLL)
-        else:
-            discovery = StaticDiscovery(path, POLICY, poll_interval=POLL, clock=clock)
+        discovery = StaticDiscovery(
+            path, POLICY, poll_interval=POLL, max_size=max_size, clock=clock or time.time_ns
+        )
         task = asyncio.create_task(discovery.run(queue))
         try:
             await asyncio.wait_for(scenario(queue), timeout=30)
@@ -135,19 +142,24 @@ def test_broken_file_keeps_last_good_and_logs_once_then_recovers(
         assert names(await next_snapshot(queue)) == [("a", 10001)]
 
         write(path, '[\n  {"Service": {"Name": "a"}\n   "Check": {}}\n]')
+        broken = await next_snapshot(queue)  # the last good services, and why
+        assert names(broken) == [("a", 10001)]
+        assert broken.error is not None
+        assert broken.error.startswith(f"{path} line 3 column 4: Expecting ',' delimiter")
         await assert_quiet(queue)
         logged = errors(caplog)
-        assert len(logged) == 1, logged
-        assert "line 3 column 4: Expecting ',' delimiter" in logged[0]
-        assert str(path) in logged[0]
+        assert logged == [broken.error]
 
         # Another broken version is another error; the same one is not repeated.
         write(path, "[")
+        assert (await next_snapshot(queue)).error != broken.error
         await assert_quiet(queue)
         assert len(errors(caplog)) == 2
 
         write(path, json.dumps([target("a", 10001), target("c", 10003)]))
-        assert names(await next_snapshot(queue)) == [("a", 10001), ("c", 10003)]
+        fixed = await next_snapshot(queue)
+        assert names(fixed) == [("a", 10001), ("c", 10003)]
+        assert fixed.error is None
         assert len(errors(caplog)) == 2
 
     run_scenario(path, scenario)
@@ -160,7 +172,9 @@ def test_missing_file_gives_an_empty_snapshot_and_one_warning_then_appears(
     path = tmp_path / "static.json"
 
     async def scenario(queue: asyncio.Queue[StaticSnapshot]) -> None:
-        assert (await next_snapshot(queue)).observed == ()
+        missing = await next_snapshot(queue)
+        assert missing.observed == ()
+        assert missing.error == f"{path} does not exist; no static services"
         await assert_quiet(queue)
         warnings = [
             r for r in caplog.records if r.name == "sidecar.static" and r.levelno >= logging.WARNING
@@ -169,7 +183,9 @@ def test_missing_file_gives_an_empty_snapshot_and_one_warning_then_appears(
         assert "does not exist" in warnings[0].getMessage()
 
         write(path, json.dumps([target("a", 10001)]))
-        assert names(await next_snapshot(queue)) == [("a", 10001)]
+        appeared = await next_snapshot(queue)
+        assert names(appeared) == [("a", 10001)]
+        assert appeared.error is None
 
     run_scenario(path, scenario)
 
@@ -182,11 +198,19 @@ def test_deleted_file_keeps_the_last_good_services(
     write(path, json.dumps([target("a", 10001)]))
 
     async def scenario(queue: asyncio.Queue[StaticSnapshot]) -> None:
-        assert names(await next_snapshot(queue)) == [("a", 10001)]
+        first = await next_snapshot(queue)
+        assert names(first) == [("a", 10001)]
         path.unlink()
+        gone = await next_snapshot(queue)
+        assert gone.observed == first.observed
+        assert gone.error == f"{path} disappeared; keeping the last good static services"
         await assert_quiet(queue)
-        assert len(errors(caplog)) == 1
-        assert "disappeared" in errors(caplog)[0]
+        assert errors(caplog) == [gone.error]
+
+        # The same bytes back: the error goes, the services are the same ones.
+        write(path, json.dumps([target("a", 10001)]))
+        back = await next_snapshot(queue)
+        assert (back.observed, back.error) == (first.observed, None)
 
     run_scenario(path, scenario)
 
@@ -206,3 +230,72 @@ def test_other_tasks_keep_running_while_it_polls(tmp_path: Path):
 
     run_scenario(path, scenario)
     assert ticks == 20
+
+
+def test_a_file_over_the_size_limit_is_refused_unread_and_the_last_good_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    caplog.set_level(logging.INFO, logger="sidecar.static")
+    path = tmp_path / "static.json"
+    good = json.dumps([target("a", 10001)])
+    write(path, good)
+    limit = 2 * len(good)
+    reads: list[Path] = []
+    read_at_most = static._read_at_most
+
+    def counted(file: Path, at_most: int) -> bytes:
+        reads.append(file)
+        return read_at_most(file, at_most)
+
+    monkeypatch.setattr(static, "_read_at_most", counted)
+
+    async def scenario(queue: asyncio.Queue[StaticSnapshot]) -> None:
+        first = await next_snapshot(queue)
+        assert names(first) == [("a", 10001)]
+        assert len(reads) == 1
+
+        big = tmp_path / "big.json"
+        with big.open("wb") as file:
+            file.truncate(50 * 1024 * 1024)  # 50 MiB, sparse: it costs no disk
+        os.replace(big, path)
+        refused = await next_snapshot(queue)
+        assert refused.observed == first.observed
+        assert refused.error == (
+            f"{path} is {50 * 1024 * 1024} bytes, more than the limit of {limit} bytes "
+            "(static_discovery.max_size); keeping the last good static services"
+        )
+        await assert_quiet(queue)
+        assert len(reads) == 1  # its size was enough: not a byte of it was read
+        assert errors(caplog) == [refused.error]
+
+        # The good bytes back: read again, served as before, the error gone.
+        write(path, good)
+        back = await next_snapshot(queue)
+        assert (back.observed, back.error) == (first.observed, None)
+
+    run_scenario(path, scenario, max_size=limit)
+
+
+def test_a_file_that_grows_after_its_size_was_taken_is_refused_at_the_limit(tmp_path: Path):
+    path = tmp_path / "static.json"
+    good = json.dumps([target("a", 10001)])
+    write(path, good)
+
+    async def main() -> None:
+        queue: asyncio.Queue[StaticSnapshot] = asyncio.Queue()
+        discovery = StaticDiscovery(path, POLICY, max_size=len(good))
+        await discovery.poll(queue)
+        first = queue.get_nowait()
+        assert names(first) == [("a", 10001)]
+        stat = path.stat()
+        path.write_text(good + " " * 10**6)
+        # As if the size had been taken just before the write: the read still stops.
+        await discovery._read(queue, (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_dev))
+        refused = queue.get_nowait()
+        assert refused.observed == first.observed
+        assert refused.error == (
+            f"{path} has grown to more than the limit of {len(good)} bytes "
+            "(static_discovery.max_size); keeping the last good static services"
+        )
+
+    asyncio.run(main())

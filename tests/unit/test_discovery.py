@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.state import discovery, times
+from sidecar.state import discovery, times, views
 from sidecar.state.discovery import (
     CheckSpec,
     CheckType,
@@ -18,6 +18,7 @@ from sidecar.state.discovery import (
     Rejected,
 )
 from sidecar.state.model import Port, Status
+from sidecar.state.views import MAX_NAME_LENGTH
 
 CREATED = times.parse_time("2026-11-25T07:00:00.123456789Z")
 POLICY = DiscoveryPolicy(hostname="indomitable", advertise_ip="10.0.0.5")
@@ -191,6 +192,26 @@ def test_bad_labels_reject_the_container_with_the_label_and_value(labels, reason
 
 def test_a_bad_image_name_is_a_rejection_too():
     assert "image" in rejected(facts(image="evil\nimage")).reason
+
+
+def test_a_name_longer_than_routing_allows_is_rejected_at_discovery():
+    longest, too_long = "n" * MAX_NAME_LENGTH, "n" * (MAX_NAME_LENGTH + 1)
+    assert observed(facts({"ServiceName": longest})).service.name == longest
+    reason = rejected(facts({"ServiceName": too_long})).reason
+    assert reason == (
+        f"label ServiceName '{'n' * 76}... is 256 characters long, "
+        "more than the 255 a service name may have"
+    )
+    # Whichever way the name came: the regex namer's group, or the image name.
+    by_regex = DiscoveryPolicy(
+        hostname="h", advertise_ip="10.0.0.5", namer=discovery.regex_namer("^/(.+)$")
+    )
+    assert "service name 'nnn" in rejected(facts(name="/" + too_long), by_regex).reason
+    assert "256 characters long" in rejected(facts(image=too_long)).reason
+
+
+def test_the_name_limit_is_the_routing_tables():
+    assert discovery.MAX_NAME_LENGTH is views.MAX_NAME_LENGTH == 255
 
 
 @pytest.mark.parametrize(

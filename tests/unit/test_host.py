@@ -1,17 +1,24 @@
-"""HostDiscovery's folding, with a scripted Docker source: the Engine-outage grace."""
+"""HostDiscovery's folding, with scripted sources: the Engine-outage grace, the static file's
+error."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+from sidecar.adapters.static import StaticSnapshot
 from sidecar.host import HostDiscovery, SourceEnded
 from sidecar.state.discovery import (
+    CheckSpec,
+    CheckType,
     ContainerFacts,
     ContainerListing,
     DiscoveryPolicy,
     EngineUnreachable,
+    Observed,
+    Rejected,
 )
+from sidecar.state.model import Service, Status
 
 POLICY = DiscoveryPolicy(hostname="vm", advertise_ip="127.0.0.1")
 FACTS = ContainerFacts(
@@ -81,3 +88,64 @@ def test_a_source_that_stops_stops_the_discovery_naming_it():
     assert isinstance(error, SourceEnded)
     assert str(error) == "Docker discovery stopped: KeyError('Labels')"
     assert isinstance(error.__cause__, KeyError)
+
+
+class ScriptedStatic:
+    """Stands in for StaticDiscovery: a good file, a broken one (last good kept), fixed."""
+
+    def __init__(self) -> None:
+        self.break_it = asyncio.Event()
+        self.fix_it = asyncio.Event()
+
+    async def run(self, out: asyncio.Queue) -> None:
+        service = Service(
+            id="0123456789ab",
+            name="static-web",
+            image="img",
+            created=0,
+            hostname="vm",
+            ports=(),
+            updated=0,
+            proxy_mode="http",
+            status=Status.UNKNOWN,
+        )
+        good = (Observed(service, CheckSpec(CheckType.ALWAYS_SUCCESSFUL, "")),)
+        refused = (Rejected("ba9876543210", "bad\nname", "target 1.Service.Name ..."),)
+        await out.put(StaticSnapshot(good, refused))
+        await self.break_it.wait()
+        await out.put(StaticSnapshot(good, refused, "static.json is 9 bytes, more than ..."))
+        await self.fix_it.wait()
+        await out.put(StaticSnapshot(good, refused))
+        await asyncio.Event().wait()
+
+
+def test_the_static_files_error_is_carried_until_it_is_fixed():
+    async def scenario() -> list[tuple[tuple[str, ...], int, str | None]]:
+        static = ScriptedStatic()
+        host = HostDiscovery(POLICY, static=static)
+        seen = []
+        async with host.running() as out, asyncio.timeout(5):
+            while len(seen) < 4:
+                observation = await out.get()
+                seen.append(
+                    (
+                        tuple(s.name for s in observation.services),
+                        len(observation.rejected),
+                        observation.static_error,
+                    )
+                )
+                assert host.static_error == observation.static_error
+                if observation.services:
+                    static.break_it.set()
+                if observation.static_error:
+                    static.fix_it.set()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] == ((), 0, None)  # before the first snapshot
+    served = ("static-web",)
+    assert seen[1:] == [
+        (served, 1, None),
+        (served, 1, "static.json is 9 bytes, more than ..."),  # the last good still served
+        (served, 1, None),
+    ]

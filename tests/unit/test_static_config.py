@@ -17,6 +17,7 @@ from sidecar.state.static_config import (
     parse_static,
     static_id,
 )
+from sidecar.state.views import MAX_NAME_LENGTH
 
 POLICY = DiscoveryPolicy(hostname="vm", advertise_ip="192.168.1.10")
 NOW = 1_700_000_000_123_456_789
@@ -155,29 +156,135 @@ def test_id_created_updated_status_in_the_file_are_overwritten():
 
 
 def test_missing_keys_and_nulls_are_zero_values():
-    text = '[{}, {"Service": null, "Check": null, "ListenPort": null}]'
-    first, second = parse_static(text, POLICY, now=NOW)
-    for observed in (first, second):
+    empty = only(parse_static("[{}]", POLICY, now=NOW))
+    nulls = only(
+        parse_static('[{"Service": null, "Check": null, "ListenPort": null}]', POLICY, now=NOW)
+    )
+    for observed in (empty, nulls):
         assert observed.service.name == ""
         assert observed.service.ports is None
         assert observed.service.hostname == "vm"
         assert observed.listener is None
-    assert first.service.id != second.service.id
+    assert empty == nulls
     assert parse_static("null", POLICY, now=NOW) == ()
     assert parse_static("[]", POLICY, now=NOW) == ()
 
 
-def test_ids_are_stable_across_parses_and_distinct_for_identical_targets():
+def test_identical_targets_are_served_once_and_the_others_reported_as_duplicates():
     target = json.loads(GO_STATIC)[0]
     text = json.dumps([target, target, target])
-    first = parse_static(text, POLICY, now=NOW)
-    again = parse_static(text, POLICY, now=NOW + 10**9)
-    ids = [o.service.id for o in first]
-    assert ids == [o.service.id for o in again]
-    assert len(set(ids)) == 3
-    assert all(HEX12.fullmatch(i) for i in ids)
-    # The first of identical targets keeps the ID it has when alone.
-    assert ids[0] == only(parse_static(GO_STATIC, POLICY, now=NOW)).service.id
+    served, *duplicates = parse_static(text, POLICY, now=NOW)
+    assert isinstance(served, Observed)
+    # The ID is the one the target has alone: stable across restarts and re-reads, and
+    # whatever duplicates are added or removed.
+    alone = only(parse_static(GO_STATIC, POLICY, now=NOW))
+    assert served == alone
+    assert parse_static(text, POLICY, now=NOW + 10**9)[0].service.id == served.service.id
+    assert [(type(d), d.id, d.name, d.reason) for d in duplicates] == [
+        (
+            Rejected,
+            served.service.id,
+            "some_service",
+            f"target {index} is a duplicate of target 0 (the same Hostname, Name and Ports), "
+            f"which is served as ID {served.service.id}",
+        )
+        for index in (1, 2)
+    ]
+
+
+def test_a_duplicate_is_the_same_host_name_and_ports_whatever_else_differs():
+    base = {
+        "Service": {
+            "Name": "web",
+            "Image": "web:1",
+            "Ports": [
+                {"Type": "tcp", "Port": 8001, "ServicePort": 9001},
+                {"Type": "tcp", "Port": 8002, "ServicePort": 9002, "IP": "192.168.1.10"},
+            ],
+        }
+    }
+    reordered = json.loads(json.dumps(base))
+    reordered["Service"]["Ports"].reverse()  # the empty IP is the advertise IP: the same
+    reordered["Service"]["Image"] = "web:2"
+    reordered["Check"] = {"Type": "Tcp", "Args": "{{ host }}:8001"}
+    reordered["ListenPort"] = 7000
+    other_port = json.loads(json.dumps(base))
+    other_port["Service"]["Ports"][0]["Port"] = 8003
+    other_host = json.loads(json.dumps(base))
+    other_host["Service"]["Hostname"] = "elsewhere"
+    other_name = json.loads(json.dumps(base))
+    other_name["Service"]["Name"] = "web2"
+    doc = [base, reordered, other_port, other_host, other_name]
+    results = parse_static(json.dumps(doc), POLICY, now=NOW)
+    assert [type(r) for r in results] == [Observed, Rejected, Observed, Observed, Observed]
+    assert "target 1 is a duplicate of target 0" in results[1].reason
+    served = [r.service.id for r in results if isinstance(r, Observed)]
+    assert len(set(served)) == len(served)
+
+
+def test_a_refused_target_does_not_make_the_next_identical_one_a_duplicate():
+    refused = {"Service": {"Name": "a"}, "Check": {"Type": "External", "Args": "/bin/true"}}
+    fine = {"Service": {"Name": "a"}}
+    first, second = parse_static(json.dumps([refused, fine]), POLICY, now=NOW)
+    assert isinstance(first, Rejected)
+    assert "external checks disabled" in first.reason
+    assert isinstance(second, Observed)
+
+
+@pytest.mark.parametrize(
+    ("service", "check", "field"),
+    [
+        ({"Name": "web\nlisten evil"}, {}, "target 1.Service.Name 'web\\nlisten evil'"),
+        ({"Name": "web\u2028x"}, {}, "target 1.Service.Name 'web\\u2028x'"),
+        ({"Image": "img\r\n"}, {}, "target 1.Service.Image 'img\\r\\n'"),
+        ({"Hostname": "host\tx"}, {}, "target 1.Service.Hostname 'host\\tx'"),
+        ({"ProxyMode": "http\n  bind :1"}, {}, "target 1.Service.ProxyMode 'http\\n  bind :1'"),
+        (
+            {"Ports": [{"Type": "tcp\x00", "Port": 1, "ServicePort": 2}]},
+            {},
+            "target 1.Service.Ports[0].Type 'tcp\\x00'",
+        ),
+        (
+            {"Ports": [{"Type": "tcp", "Port": 1, "ServicePort": 2, "IP": "10.0.0.1\n"}]},
+            {},
+            "target 1.Service.Ports[0].IP '10.0.0.1\\n'",
+        ),
+        ({}, {"Type": "HttpGet\n"}, "target 1.Check.Type 'HttpGet\\n'"),
+        ({}, {"Args": "http://x/\r\nHost: y"}, "target 1.Check.Args 'http://x/\\r\\nHost: y'"),
+    ],
+)
+def test_a_control_character_in_any_field_rejects_that_target_naming_field_and_value(
+    service: dict[str, object], check: dict[str, object], field: str
+):
+    bad = {"Service": {"Name": "bad", "Image": "img", **service}, "Check": check}
+    text = json.dumps([{"Service": {"Name": "fine"}}, bad, {"Service": {"Name": "fine too"}}])
+    first, refused, last = parse_static(text, POLICY, now=NOW)
+    assert isinstance(refused, Rejected), refused
+    assert refused.reason == f"{field} contains a control character or line break"
+    assert HEX12.fullmatch(refused.id)
+    assert isinstance(first, Observed)  # the others are unaffected
+    assert isinstance(last, Observed)
+
+
+def test_a_name_longer_than_routing_allows_is_rejected_at_discovery():
+    longest, too_long = "n" * MAX_NAME_LENGTH, "n" * (MAX_NAME_LENGTH + 1)
+    text = json.dumps([{"Service": {"Name": longest}}, {"Service": {"Name": too_long}}])
+    served, refused = parse_static(text, POLICY, now=NOW)
+    assert isinstance(served, Observed)
+    assert isinstance(refused, Rejected)
+    assert refused.name == too_long
+    assert refused.reason.startswith("target 1.Service.Name 'nnnnn")
+    assert refused.reason.endswith(
+        "n... is 256 characters long, more than the 255 a service name may have"
+    )
+    assert len(refused.reason) < 200  # the value is cut, not copied whole
+
+
+def test_an_unknown_proxy_mode_is_rejected_as_a_label_would_be():
+    text = json.dumps([{"Service": {"Name": "a", "ProxyMode": "grpc"}}])
+    (refused,) = parse_static(text, POLICY, now=NOW)
+    assert isinstance(refused, Rejected)
+    assert refused.reason == "target 0.Service.ProxyMode 'grpc' is not one of http, tcp, ws"
 
 
 def test_id_follows_the_content():
@@ -359,7 +466,8 @@ def assert_parses_or_refuses(text: str | bytes) -> None:
     ids = [o.service.id if isinstance(o, Observed) else o.id for o in observed]
     assert all(isinstance(o, Observed | Rejected) for o in observed)
     assert all(HEX12.fullmatch(i) for i in ids)
-    assert len(set(ids)) == len(ids)
+    served = [o.service.id for o in observed if isinstance(o, Observed)]
+    assert len(set(served)) == len(served)
 
 
 @given(st.text() | st.binary())
