@@ -18,12 +18,13 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sidecar import __version__, simulate
 from sidecar.state import codec, discovery
@@ -132,9 +133,7 @@ def _discover(args: argparse.Namespace) -> int:
     from sidecar.adapters.static import StaticDiscovery
     from sidecar.host import HostDiscovery, HostObservation
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(level="info", json_format=False)
     try:
         namer = discovery.regex_namer(args.namer) if args.namer else discovery.LabelNamer()
     except discovery.NamerError as exc:
@@ -213,8 +212,8 @@ def _plan_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description=(
             "Show what would change on this host's HAProxy for the cluster state: the config "
             "diff, the runtime API and address actions with their reasons, and the instances "
-            "left out. Writes nothing. Exit 0 when nothing is pending, 2 when changes are "
-            "pending, 1 on error."
+            "left out; where no HAProxy runs yet, its start. Writes nothing. Exit 0 when "
+            "nothing is pending, 2 when changes are pending, 1 on error."
         ),
     )
     source = plan.add_mutually_exclusive_group()
@@ -239,6 +238,7 @@ def _plan_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     plan.add_argument("--group", help="haproxy.group")
     plan.add_argument("--stats-port", type=int, help="haproxy.stats_port")
     plan.add_argument("--stats-backend-port", type=int, help="haproxy.stats_backend_port")
+    plan.add_argument("--stats-ip", help="haproxy.stats_ip")
     plan.add_argument("--config-file", help="haproxy.config_file")
     plan.add_argument("--haproxy-mode", choices=("managed", "external"), help="haproxy.mode")
     plan.add_argument("--master-socket", help="haproxy.master_socket")
@@ -286,7 +286,7 @@ def _plan(args: argparse.Namespace) -> int:
     from sidecar.adapters.haproxy import Haproxy, HaproxyOptions
     from sidecar.adapters.ipbind import IpBinder, IpBindError
     from sidecar.reconcile import report
-    from sidecar.reconcile.desired import HaproxySettings, TemplateError, desired
+    from sidecar.reconcile.desired import HaproxySettings, TemplateError, check_template, desired
     from sidecar.reconcile.plans import plan
     from sidecar.state import views
 
@@ -321,6 +321,7 @@ def _plan(args: argparse.Namespace) -> int:
                 template = Path(template_file).read_text()
             except OSError as exc:
                 raise _PlanError(f"cannot read {template_file}: {exc.strerror}") from None
+            check_template(template, template_file)
         settings = HaproxySettings(
             bind_ip=given("bind_ip", h.bind_ip),
             use_hostnames=given("use_hostnames", h.use_hostnames),
@@ -329,6 +330,8 @@ def _plan(args: argparse.Namespace) -> int:
             admin_socket=given("admin_socket", h.admin_socket),
             stats_port=given("stats_port", h.stats_port),
             stats_backend_port=given("stats_backend_port", h.stats_backend_port),
+            stats_ip=given("stats_ip", h.stats_ip),
+            hard_stop_after=h.hard_stop_after,
             template=template,
             template_name=template_file or "the shipped template",
         )
@@ -340,18 +343,23 @@ def _plan(args: argparse.Namespace) -> int:
             admin_socket=Path(given("admin_socket", h.admin_socket)),
             mode=given("haproxy_mode", h.mode),
         )
-        actual = asyncio.run(Haproxy(options).read_actual())
-        if not actual.running:
-            where = options.master_socket if options.mode == "managed" else options.admin_socket
-            raise _PlanError(
-                f"HAProxy does not answer on {where} ({options.mode} mode); nothing to compare "
-                "with (is the daemon running? --haproxy-mode/--master-socket/--admin-socket "
-                "say where to look)"
-            )
+        try:
+            actual = asyncio.run(Haproxy(options).read_actual())
+        except OSError as exc:  # the config file unreadable; a missing one is None
+            raise _PlanError(f"cannot read {config_file}: {exc.strerror}") from None
         bound = IpBinder(given("interface", h.interface)).bound()
     except (_PlanError, codec.RecordRejected, TemplateError, IpBindError) as exc:
         prefix = "the cluster state was refused: " if isinstance(exc, codec.RecordRejected) else ""
         return fail(f"{prefix}{exc}")
+    if not actual.running:
+        # Not an error: on a fresh host nothing runs yet, and the plan is the start. Where we
+        # looked is said, in case HAProxy does run, elsewhere.
+        where = options.master_socket if options.mode == "managed" else options.admin_socket
+        print(
+            f"sidecar plan: no HAProxy answers on {where} ({options.mode} mode): planned as "
+            "starting it (--haproxy-mode/--master-socket/--admin-socket say where to look)",
+            file=sys.stderr,
+        )
     actual = dataclasses.replace(actual, bound_ips=bound)
     actions = plan(want, actual)
     document = report.plan_report(want, actual, actions, table.excluded, config_file=config_file)
@@ -399,13 +407,54 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+# C0 and C1 controls, DEL, and what else Python's str.splitlines() breaks on (U+2028/2029).
+_UNPRINTABLE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(character: re.Match[str]) -> str:
+    text = character.group()
+    if text in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[text]
+    return f"\\x{ord(text):02x}" if ord(text) <= 0xFF else f"\\u{ord(text):04x}"
+
+
+def escape_controls(text: str) -> str:
+    """Return `text` with every control character and line break written as an escape
+    (`\\n`, `\\x1b`, ...): printable, and on one line."""
+    return _UNPRINTABLE.sub(_escaped, text)
+
+
+class _TextFormatter(logging.Formatter):
+    """One record, one line: the message is escaped, since it carries values from labels,
+    files and (with the cluster) the network, and a line break in one would forge a record.
+
+    A traceback (our own code's) stays readable on the lines below, each indented, so that
+    every line that starts at column 0 is a record of its own.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + escape_controls(line) for line in text.split("\n"))
+
+
 def setup_logging(*, level: str, json_format: bool) -> None:
-    """Send logs to stderr, as text or one JSON object per line, at `level`."""
+    """Send logs to stderr, as text (one line per record) or one JSON object per line, at
+    `level`."""
     handler = logging.StreamHandler()
-    if json_format:
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_JsonFormatter() if json_format else _TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel({"warn": logging.WARNING}.get(level, level.upper()))
@@ -436,6 +485,8 @@ def _load_run_config(args: argparse.Namespace, overrides: dict[str, object]) -> 
         raise _StartError(str(exc)) from None
     template = None
     if config.haproxy.template_file and not config.haproxy.disable:
+        from sidecar.reconcile.desired import TemplateError, check_template
+
         try:
             with open(config.haproxy.template_file) as text:
                 template = text.read()
@@ -444,6 +495,10 @@ def _load_run_config(args: argparse.Namespace, overrides: dict[str, object]) -> 
                 f"cannot read haproxy.template_file {config.haproxy.template_file!r}: "
                 f"{exc.strerror}"
             ) from None
+        try:
+            check_template(template, config.haproxy.template_file)
+        except TemplateError as exc:
+            raise _StartError(f"haproxy.template_file is not a valid template: {exc}") from None
     return config, template
 
 
@@ -559,7 +614,7 @@ def _reload(daemon: object, args: argparse.Namespace, overrides: dict[str, objec
     try:
         config, template = _load_run_config(args, overrides)
     except _StartError as exc:
-        log.error("SIGHUP: configuration not reloaded: %s", exc)
+        log.error("SIGHUP: configuration not reloaded, the running one is kept: %s", exc)
         return
     changes = daemon.reload(config, template=template)
     log.info("SIGHUP: %s", "; ".join(changes) or "nothing changed")

@@ -253,6 +253,17 @@ def _bind_ip(value: str) -> str:
     return value
 
 
+def _stats_ip(value: str) -> str:
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(
+                'not an IP address (expected an IPv4 or IPv6 address, or "" for the bind IP)'
+            ) from None
+    return value
+
+
 def _seed(value: str) -> str:
     _no_space(value)
     if value.startswith("["):  # [v6] or [v6]:port
@@ -474,11 +485,14 @@ class DockerDiscoverySettings(BaseModel):
 
 
 class StaticDiscoverySettings(BaseModel):
-    """`[static_discovery]`: Go's `static.json`."""
+    """`[static_discovery]`: Go's `static.json`, and the largest one read (bytes; ours)."""
 
     model_config = _SECTION_CONFIG
 
     config_file: FilePath = "static.json"
+    max_size: Annotated[StrictInt, AfterValidator(_between(1, 2**31, "1..2147483648 bytes"))] = (
+        4 * 1024 * 1024
+    )
 
 
 class ServicesSettings(BaseModel):
@@ -539,6 +553,8 @@ class HaproxySettings(BaseModel):
     debounce_max: Annotated[Duration, AfterValidator(_not_negative)] = 1.0
     stats_port: Port = 3212
     stats_backend_port: Port = 32012
+    stats_ip: Annotated[StrictStr, AfterValidator(_stats_ip)] = ""
+    hard_stop_after: Annotated[Duration, AfterValidator(_positive)] = 30.0
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -623,6 +639,7 @@ ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {
     "SIDECAR_HEALTH_FALL": ("sidecar", "health_fall"),
     "DOCKER_URL": ("docker_discovery", "docker_url"),
     "STATIC_CONFIG_FILE": ("static_discovery", "config_file"),
+    "STATIC_MAX_SIZE": ("static_discovery", "max_size"),
     "SERVICES_NAMER": ("services", "namer"),
     "SERVICES_NAME_LABEL": ("services", "name_label"),
     "SERVICES_NAME_MATCH": ("services", "name_match"),
@@ -647,6 +664,8 @@ ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {
     "HAPROXY_DEBOUNCE_MAX": ("haproxy", "debounce_max"),
     "HAPROXY_STATS_PORT": ("haproxy", "stats_port"),
     "HAPROXY_STATS_BACKEND_PORT": ("haproxy", "stats_backend_port"),
+    "HAPROXY_STATS_IP": ("haproxy", "stats_ip"),
+    "HAPROXY_HARD_STOP_AFTER": ("haproxy", "hard_stop_after"),
     "LISTENERS_URLS": ("listeners", "urls"),
 }
 

@@ -67,6 +67,7 @@ class Daemon:
         self._state = ClusterState(hostname=hostname, cluster_name=config.sidecar.cluster_name)
         self._observed: tuple[Service, ...] = ()
         self._rejected: tuple[Rejected, ...] = ()
+        self._static_error: str | None = None  # why the static file is not used, if it is not
         self._version = 0
         self._change = asyncio.Event()  # set (and replaced) on every change
         self.merges = 0  # state changes made (stamps, drains, expiries that changed something)
@@ -101,7 +102,9 @@ class Daemon:
             docker = DockerDiscovery(c.docker_discovery.docker_url)
         static = None
         if "static" in c.sidecar.discovery:
-            static = StaticDiscovery(Path(c.static_discovery.config_file), policy)
+            static = StaticDiscovery(
+                Path(c.static_discovery.config_file), policy, max_size=c.static_discovery.max_size
+            )
         return HostDiscovery(
             policy, docker=docker, static=static, check_interval=c.sidecar.check_interval
         )
@@ -141,6 +144,8 @@ class Daemon:
             admin_socket=h.admin_socket,
             stats_port=h.stats_port,
             stats_backend_port=h.stats_backend_port,
+            stats_ip=h.stats_ip,
+            hard_stop_after=h.hard_stop_after,
             template=template,
             template_name=h.template_file or "the shipped template",
         )
@@ -176,6 +181,7 @@ class Daemon:
     def _observe(self, observation: HostObservation) -> None:
         self._observed = observation.services
         self._rejected = observation.rejected
+        self._static_error = observation.static_error
         self._set(merge.stamp(self._state, self._observed, now=time.time_ns()))
 
     def _tick(self) -> None:
@@ -230,9 +236,23 @@ class Daemon:
         return report
 
     def rejections(self) -> Sequence[Mapping[str, Any]]:
-        """Return what this host does not serve, and why: containers and static services
-        discovery refused, and instances the routing table left out."""
-        found: list[Mapping[str, Any]] = [
+        """Return what this host does not serve, and why: the static file when it cannot be
+        used (its last good services are served), containers and static services discovery
+        refused, and instances the routing table left out."""
+        found: list[Mapping[str, Any]] = []
+        static_error = self._static_error
+        if static_error is not None:
+            found.append(
+                {
+                    "stage": "static",
+                    "hostname": self.hostname,
+                    "id": "",
+                    "name": "",
+                    "file": self.config.static_discovery.config_file,
+                    "reason": static_error,
+                }
+            )
+        found.extend(
             {
                 "stage": "discovery",
                 "hostname": self.hostname,
@@ -241,7 +261,7 @@ class Daemon:
                 "reason": r.reason,
             }
             for r in self._rejected
-        ]
+        )
         excluded = self.reconciler.last_excluded if self.reconciler is not None else ()
         found.extend(
             {
@@ -257,8 +277,12 @@ class Daemon:
 
     def health(self) -> tuple[bool, Mapping[str, Any]]:
         """Return whether this sidecar does its job — discovery runs, and HAProxy (when
-        managed) follows the state: its last apply did not fail — with details."""
+        managed) follows the state: its last apply did not fail — with details. A static file
+        that cannot be used is in the details (`static_error`) but leaves it healthy: its last
+        good services are still served."""
         details: dict[str, Any] = {"hostname": self.hostname, "services": self._own_count()}
+        if "static" in self.config.sidecar.discovery:
+            details["static_error"] = self._static_error
         healthy = True
         if self.reconciler is not None:
             last = self.reconciler.last
@@ -327,9 +351,10 @@ class Daemon:
     # ------------------------------------------------------------------ running
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set, then shut down: HAProxy is left serving unless
-        `haproxy.stop_on_exit`, and the bind IP is released if this daemon added it and
-        `haproxy.release_ip`."""
+        """Run until `stop` is set, then shut down within a second: HAProxy is left serving
+        unless `haproxy.stop_on_exit` (then soft-stopped: requests in flight finish, bounded
+        by `hard_stop_after`), and the bind IP is released if this daemon added it,
+        `haproxy.release_ip` is on and HAProxy no longer serves on it."""
         host, port = self.config.sidecar.http_listen()
         token = self.config.sidecar.api_token.get_secret_value()
         app = http.make_app(self, api_token=token, metrics=self.metrics)
@@ -362,8 +387,8 @@ class Daemon:
             for part in tasks:
                 part.cancel()
             await asyncio.gather(stopping, *tasks, return_exceptions=True)
-            await server.stop()
-            await self._release()
+            # Both bounded (the API ~0.3 s, HAProxy STOP_GRACE): the daemon exits within 1 s.
+            await asyncio.gather(server.stop(), self._release())
 
     async def _follow(self, observations: asyncio.Queue[HostObservation]) -> None:
         while True:
@@ -379,13 +404,19 @@ class Daemon:
 
     async def _release(self) -> None:
         h = self.config.haproxy
-        if self.haproxy is not None:
-            await self.haproxy.close(stop=h.stop_on_exit)
-            if not h.stop_on_exit:
-                log.info("HAProxy keeps serving (haproxy.stop_on_exit is off)")
-        if self.addresses is not None and h.release_ip:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.addresses.release_added)
+        if self.haproxy is None:
+            return
+        stopped = await self.haproxy.close(stop=h.stop_on_exit)
+        if not h.stop_on_exit:
+            log.info("HAProxy keeps serving (haproxy.stop_on_exit is off)")
+        if self.addresses is None or not h.release_ip:
+            return
+        if not stopped:
+            # Removing the address would cut what HAProxy still serves on it.
+            log.info("the bind IP stays: HAProxy still serves on it")
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.addresses.release_added)
 
 
 def _with_template(settings: HaproxySettings, template: str | None, name: str) -> HaproxySettings:

@@ -45,6 +45,18 @@ START_TIMEOUT: Final = 10.0
 RELOAD_TIMEOUT: Final = 15.0
 VALIDATE_TIMEOUT: Final = 30.0
 DRAIN_TIMEOUT: Final = 0.2  # then ServerBusy: it stays in maintenance and the loop retries
+# How long `close(stop=True)` waits for HAProxy to finish its requests in flight; after that
+# it finishes them on its own, bounded by the config's `hard-stop-after`.
+STOP_GRACE: Final = 0.5
+# A soft stop sent while the master re-executes itself for a reload is lost (measured: every
+# SIGUSR1 within ~30 ms of `reload`): it is sent again at this interval until HAProxy says
+# it is exiting.
+STOP_REPEAT: Final = 0.05
+_EXITING: Final = "Exiting Master process"
+
+# HAProxy processes left to finish their requests on their own. Kept for the life of this
+# process: asyncio closes the transport of a child it collects, which kills a running child.
+_LEFT_RUNNING: list[asyncio.subprocess.Process] = []
 _LAST_WORDS: Final = 40
 
 
@@ -214,6 +226,7 @@ class _Child:
     proc: asyncio.subprocess.Process
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stopping: bool = False
+    exiting: asyncio.Event = field(default_factory=asyncio.Event)  # the master said so
 
 
 class Haproxy:
@@ -233,15 +246,19 @@ class Haproxy:
     # ------------------------------------------------------------------ reading
 
     def read_config(self) -> str | None:
-        """Return the config file's text, or None when there is none.
+        """Return the config file's text (bytes that are not UTF-8 replaced by U+FFFD), or
+        None when there is none.
 
         When the file still holds what this adapter last wrote, that very string is returned:
         one copy of a big config, not two equal ones, and the planner's caches hit.
         """
         try:
-            text = self.options.config_file.read_text()
+            raw = self.options.config_file.read_bytes()
         except FileNotFoundError:
             return None
+        # Bytes that are not text (a file damaged by hand) are drift like any other edit:
+        # replaced, they differ from what is wanted, and the file is written again.
+        text = raw.decode(errors="replace")
         return self._written if text == self._written else text
 
     async def runtime(self, command: str) -> str:
@@ -356,7 +373,7 @@ class Haproxy:
         if info is not None and info.workers:
             log.info("adopting the HAProxy master already running (pid %d)", info.master)
             return
-        await self._stop_child()
+        await self._stop_child(kill=True)  # it exited, or it does not answer: not serving
         self.options.master_socket.parent.mkdir(parents=True, exist_ok=True)
         argv = [
             self.options.binary,
@@ -378,7 +395,7 @@ class Haproxy:
             start_new_session=True,
         )
         child = _Child(proc)
-        child.tasks.append(asyncio.create_task(self._forward(proc)))
+        child.tasks.append(asyncio.create_task(self._forward(child)))
         self._child = child
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         while asyncio.get_running_loop().time() < deadline:
@@ -399,18 +416,20 @@ class Haproxy:
                 )
                 return
             await asyncio.sleep(0.05)
-        await self._stop_child()
+        await self._stop_child(kill=True)  # it serves nothing: no request to cut
         raise ProcessFailed(f"HAProxy did not start: {self._words()}")
 
     def _words(self) -> str:
         return " | ".join(self._last_words) or "(it said nothing)"
 
-    async def _forward(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
+    async def _forward(self, child: _Child) -> None:
+        assert child.proc.stdout is not None
+        async for raw in child.proc.stdout:
             line = raw.decode(errors="replace").rstrip()
             if not line:
                 continue
+            if _EXITING in line:
+                child.exiting.set()
             self._last_words.append(line)
             # Reloads make HAProxy say a lot at WARNING ("Proxy x stopped"); only its
             # alerts are worth an operator's attention by default.
@@ -475,37 +494,66 @@ class Haproxy:
         if code != 0:
             raise ProcessFailed(f"{what}: error running {command!r}: exit status {code}\n{output}")
 
-    async def _stop_child(self) -> None:
+    async def _stop_child(self, *, kill: bool, grace: float = STOP_GRACE) -> bool:
+        """Soft-stop the HAProxy this adapter started and wait up to `grace` seconds for it
+        to exit. With `kill` (a master that never came up or already died: it serves
+        nothing) what is left is then killed; without it, a master still finishing requests
+        in flight is left to finish them, bounded by its `hard-stop-after`. Returns whether
+        it has exited (True when there was none)."""
         child, self._child = self._child, None
         if child is None:
-            return
+            return True
         child.stopping = True
-        if child.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.proc.send_signal(signal.SIGUSR1)  # soft stop: finish what is in flight
-            try:
-                async with asyncio.timeout(5.0):
-                    await child.proc.wait()
-            except TimeoutError:
+        proc, loop = child.proc, asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            while not exited.done() and not child.exiting.is_set() and loop.time() < deadline:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.proc.pid, signal.SIGKILL)
-                await child.proc.wait()
-        for task in child.tasks:
-            task.cancel()
-        await asyncio.gather(*child.tasks, return_exceptions=True)
+                    proc.send_signal(signal.SIGUSR1)  # soft stop: finish what is in flight
+                said = asyncio.ensure_future(child.exiting.wait())
+                await asyncio.wait(
+                    [exited, said], timeout=min(STOP_REPEAT, max(0.0, deadline - loop.time()))
+                )
+                said.cancel()
+            await asyncio.wait([exited], timeout=max(0.0, deadline - loop.time()))
+            if not exited.done() and kill:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await exited
+            elif not exited.done():
+                _LEFT_RUNNING.append(proc)
+                log.info(
+                    "HAProxy (master %d) %s",
+                    proc.pid,
+                    "finishes the requests in flight, then exits (at the latest after the "
+                    "config's hard-stop-after)"
+                    if child.exiting.is_set()
+                    else "did not confirm the stop; it may keep serving",
+                )
+        finally:
+            exited.cancel()
+            for task in child.tasks:
+                task.cancel()
+            await asyncio.gather(exited, *child.tasks, return_exceptions=True)
+        return proc.returncode is not None
 
-    async def close(self, *, stop: bool = True) -> None:
+    async def close(self, *, stop: bool = True) -> bool:
         """Stop watching; with `stop`, also stop the HAProxy this adapter started (soft stop:
-        requests in flight finish). Without it, HAProxy keeps serving."""
+        requests in flight finish, for at most `STOP_GRACE` here and then on their own).
+        Without it, HAProxy keeps serving. Returns whether no HAProxy this adapter started
+        runs any more (False while one serves, or finishes requests in flight)."""
         if stop:
-            await self._stop_child()
-            return
+            return await self._stop_child(kill=False)
         child, self._child = self._child, None
         if child is not None:
             child.stopping = True
             for task in child.tasks:
                 task.cancel()
             await asyncio.gather(*child.tasks, return_exceptions=True)
+            if child.proc.returncode is None:
+                _LEFT_RUNNING.append(child.proc)
+        return child is None
 
     # ------------------------------------------------------------------ runtime API
 

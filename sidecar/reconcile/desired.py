@@ -41,6 +41,8 @@ class HaproxySettings:
     admin_socket: str = "/var/run/haproxy_stats.sock"
     stats_port: int = 3212
     stats_backend_port: int = 32012
+    stats_ip: str = ""  # where the stats listen; "" = the bind IP, or loopback for all
+    hard_stop_after: float = 30.0  # seconds an old or stopping HAProxy may finish requests
     template: str | None = None  # a user template's text; None = the shipped one
     template_name: str = "the shipped template"
 
@@ -108,6 +110,7 @@ global
 \tlog     127.0.0.1 local0
 \tlog     127.0.0.1 local1 notice
 \tstats   socket {{ admin_socket }} mode 600 level admin expose-fd listeners
+\thard-stop-after {{ hard_stop_after }}
 
 defaults
 \tlog global
@@ -123,17 +126,17 @@ defaults
 # -------------- STATS --------------
 frontend stats_proxy
 \tmode http
-\tbind 0.0.0.0:{{ stats_port }}
+\tbind {{ stats_ip }}:{{ stats_port }}
 \thttp-response add-header Access-Control-Allow-Origin *
 \tdefault_backend stats_proxy
 
 backend stats_proxy
 \tmode http
-\tserver localhost 127.0.0.1:{{ stats_backend_port }}
+\tserver localhost {{ stats_ip }}:{{ stats_backend_port }}
 
 frontend stats
 \tmode http
-\tbind 0.0.0.0:{{ stats_backend_port }}
+\tbind {{ stats_ip }}:{{ stats_backend_port }}
 \tdefault_backend stats
 
 backend stats
@@ -185,6 +188,29 @@ def _compiled(text: str) -> jinja2.Template:
     return _ENVIRONMENT.from_string(text)
 
 
+def check_template(text: str, name: str) -> None:
+    """Return nothing when Jinja compiles the template; raise TemplateError naming it, the
+    line and Jinja's message when it does not (so a broken file is refused when it is read,
+    not at the next render)."""
+    try:
+        _compiled(text)
+    except jinja2.TemplateSyntaxError as exc:  # TemplateAssertionError (unknown filter) too
+        raise TemplateError(f"{name}, line {exc.lineno}: {exc.message or 'syntax error'}") from None
+
+
+def stats_address(settings: HaproxySettings) -> str:
+    """Return the address HAProxy's stats listen on: `stats_ip` when set, else the bind IP,
+    else (the bind IP being all interfaces) loopback: never every interface by default."""
+    ip = settings.stats_ip or settings.bind_ip
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(ip, ip)
+
+
+def haproxy_duration(seconds: float) -> str:
+    """Return a duration in HAProxy's syntax: whole seconds as `30s`, else milliseconds."""
+    millis = round(seconds * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
 def _needs_no_binding(ip: str) -> bool:
     """Whether HAProxy can bind `ip` without adding it anywhere: all interfaces (empty,
     0.0.0.0, ::) or loopback, which the kernel treats as local across 127.0.0.0/8."""
@@ -234,6 +260,8 @@ def desired(table: RoutingTable, settings: HaproxySettings, *, now: int = 0) -> 
             stats_port=settings.stats_port,
             stats_backend_port=settings.stats_backend_port,
             bind_ip=settings.bind_ip,
+            stats_ip=_address(stats_address(settings)),
+            hard_stop_after=haproxy_duration(settings.hard_stop_after),
             now=render_time(now),
         )
     except jinja2.TemplateError as exc:

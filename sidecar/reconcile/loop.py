@@ -11,7 +11,10 @@ carry out the actions in order. What goes wrong decides what follows (the policy
 here, not in the adapters):
 
 * the new config is rejected (or the template fails): nothing else is done, the running
-  HAProxy and the file stay as they were, and the next change tries again;
+  HAProxy and the file stay as they were, and the next change tries again (a resync of the
+  same view and settings does not try again, nor log it again: it would be refused again);
+  should HAProxy not be running meanwhile, it is started from the last good config (the one
+  last applied, else the file on disk), and the refusal is still what is reported;
 * a runtime API command is refused: fall back to write + validate + reload;
 * a server to delete is still busy: it stays in maintenance and is retried soon;
 * HAProxy does not start or reload, or the address cannot be bound: retried with backoff.
@@ -149,10 +152,18 @@ class Reconciler:
         # of two configs of 10,000 services is megabytes and seconds of difflib).
         self._planned: tuple[Desired, Actual, tuple[Action, ...], Sequence[Exclusion]] | None = None
         self._report: dict[str, Any] | None = None
-        # The view and settings last rendered, with what they gave.
+        # The view and settings last rendered, with what they gave (or the TemplateError).
         self._rendered: (
-            tuple[RoutingTable | ClusterState, HaproxySettings, Desired, Sequence[Exclusion]] | None
+            tuple[
+                RoutingTable | ClusterState,
+                HaproxySettings,
+                Desired | TemplateError,
+                Sequence[Exclusion],
+            ]
+            | None
         ) = None
+        self._good: Desired | None = None  # the last config applied: what a restart uses
+        self._refused: tuple[str, str] | None = None  # the last config refused, and why
         self._changed = asyncio.Event()
         self._retry_at: float | None = None
         self._backoff = 0.5
@@ -253,11 +264,17 @@ class Reconciler:
         SIGHUP may replace them meanwhile) and only it writes what it rendered."""
         settings = self.settings
         if self._rendered is not None:
-            seen, used, want, excluded = self._rendered
+            seen, used, result, excluded = self._rendered
             if seen is view and used is settings:
-                return want, excluded
+                if isinstance(result, TemplateError):
+                    raise result
+                return result, excluded
         table = views.routing_table(view) if isinstance(view, ClusterState) else view
-        rendered = desired(table, settings, now=time.time_ns())
+        try:
+            rendered = desired(table, settings, now=time.time_ns())
+        except TemplateError as exc:
+            self._rendered = (view, settings, exc, table.excluded)
+            raise
         # Kept without the rendered structure (three objects per server): a plan needs only
         # the text and the bind IPs.
         want = Desired(rendered.config, bind_ips=rendered.bind_ips)
@@ -272,13 +289,13 @@ class Reconciler:
             else:
                 want, excluded = self._render(view)
         except TemplateError as exc:
-            return self._finish(Outcome((), error=str(exc)), retry="next-change")
+            return await self._refusal(str(exc))
         self.last_desired = want
         try:
             actual = await self._actual()
         except (ApplyError, OSError, ValueError) as exc:
-            # The address listing failed, the config file cannot be read (or decoded): a
-            # failure like an apply's, retried after a backoff; the loop goes on.
+            # The address listing failed, the config file cannot be read: a failure like an
+            # apply's, retried after a backoff; the loop goes on.
             return self._finish(Outcome((), error=f"cannot read what runs: {exc}"))
         actions = await asyncio.to_thread(plan, want, actual) if offload else plan(want, actual)
         # A report shows the config on disk and whether HAProxy runs, not its servers.
@@ -287,7 +304,11 @@ class Reconciler:
         if not self.apply:
             return self._finish(Outcome(actions, applied=False))
         if not actions:
+            self._good = want
             return self._finish(Outcome(()))
+        if self._refused is not None and self._refused[0] == want.config:
+            # HAProxy refused this very config already: unchanged, it would be refused again.
+            return await self._refusal(self._refused[1], actual=actual, actions=actions)
         done: list[Action] = []
         try:
             await self._carry_out(actions, done)
@@ -297,10 +318,46 @@ class Reconciler:
             log.warning("runtime API refused a change, reloading instead: %s", exc)
             return await self._fall_back(want, actions, done, str(exc))
         except ConfigRejected as exc:
-            return self._finish(Outcome(actions, tuple(done), error=str(exc)), retry="next-change")
+            self._refused = (want.config, str(exc))
+            return await self._refusal(str(exc), actual=actual, actions=actions, done=done)
         except ApplyError as exc:
             return self._finish(Outcome(actions, tuple(done), error=str(exc)))
+        self._good, self._refused = want, None
         return self._finish(Outcome(actions, tuple(done)))
+
+    async def _refusal(
+        self,
+        error: str,
+        *,
+        actual: Actual | None = None,
+        actions: tuple[Action, ...] = (),
+        done: Sequence[Action] = (),
+    ) -> Outcome:
+        """Return the outcome of a template or config that was refused: reported, not
+        retried before the next change; HAProxy, should it not run, is started from the
+        last good config. Told again (logged and counted) only when it is news."""
+        news = bool(done) or self.last is None or self.last.error != error
+        try:
+            actual = actual or await self._actual()
+        except (ApplyError, OSError, ValueError) as exc:
+            return self._finish(Outcome(actions, tuple(done), error=f"{error}; {exc}"))
+        outcome = Outcome(actions, tuple(done), error=error)
+        if actual.running:
+            return self._finish(outcome, retry="next-change", news=news)
+        good = self._good or (Desired(actual.config) if actual.config is not None else None)
+        if good is None:
+            return self._finish(outcome, retry="on-error")  # nothing good to start from
+        steps = plan(good, replace(actual, config=None))  # written again: validated, intact
+        carried = list(done)
+        try:
+            await self._carry_out(steps, carried)
+        except ApplyError as exc:
+            failed = f"{error}; and HAProxy did not start from the last good config: {exc}"
+            return self._finish(replace(outcome, done=tuple(carried), error=failed))
+        log.warning("HAProxy is not running: started from the last good config")
+        return self._finish(
+            replace(outcome, actions=actions + steps, done=tuple(carried)), retry="next-change"
+        )
 
     async def _fall_back(
         self, want: Desired, actions: tuple[Action, ...], done: list[Action], why: str
@@ -316,6 +373,7 @@ class Reconciler:
                 Outcome(actions + again, tuple(done), error=f"{why}; then: {exc}", fallback=True),
                 retry=retry,
             )
+        self._good, self._refused = want, None
         return self._finish(Outcome(actions + again, tuple(done), fallback=True))
 
     async def _carry_out(self, actions: tuple[Action, ...], done: list[Action]) -> None:
@@ -363,15 +421,19 @@ class Reconciler:
         else:  # pragma: no cover - plan() makes only the kinds above
             raise ApplyError(f"unknown action {kind!r}")
 
-    def _finish(self, outcome: Outcome, *, retry: str = "on-error") -> Outcome:
+    def _finish(self, outcome: Outcome, *, retry: str = "on-error", news: bool = True) -> Outcome:
         """Record an outcome and when to try again: soon for a deferred deletion; after a
         backoff for a failure (`on-error`); at the next change for a rejected config or
-        template (`next-change`: they do not fix themselves)."""
+        template (`next-change`: they do not fix themselves). A failure that is no `news`
+        (the same refusal met again by a resync) is neither logged nor counted again."""
         outcome = replace(outcome, at=time.time())
         self.last = outcome
-        if outcome.applied and outcome.actions:
+        if outcome.applied and outcome.actions and news:
             self.stats.applies += 1
-        if outcome.error is not None:
+        if outcome.error is not None and not news:
+            log.debug("HAProxy still not updated: %s", outcome.error)
+            self._retry_at = None
+        elif outcome.error is not None:
             self.stats.failures += 1
             log.error("HAProxy not updated: %s", outcome.error)
             if retry == "on-error":

@@ -3,8 +3,9 @@ daemon serves at `/api/plan`.
 
 Pure. `plan_report(...)` gathers the pending actions with their reasons, a unified diff of
 the config file, the addresses to bind and the instances left out of the routing table with
-why; `render_text(report)` is the human form, `report` itself (plain JSON types) the
-machine form.
+why — and, when HAProxy is not running (a fresh host), what it would be started with: every
+frontend and its servers; `render_text(report)` is the human form, `report` itself (plain
+JSON types) the machine form.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import difflib
 from collections.abc import Sequence
 from typing import Any
 
-from sidecar.reconcile.desired import Desired
+from sidecar.reconcile.desired import Backend, Desired, Frontend
 from sidecar.reconcile.plans import Action, Actual
 from sidecar.state.views import Exclusion
 
@@ -45,6 +46,28 @@ def _action(action: Action) -> dict[str, Any]:
     return shown
 
 
+def _frontend(frontend: Frontend, backend: Backend) -> dict[str, Any]:
+    return {
+        "name": frontend.name,
+        "service": frontend.service,
+        "bind": f"{frontend.bind_ip}:{frontend.port}",
+        "mode": frontend.mode,
+        "servers": [
+            {"name": s.name, "address": s.address, "port": s.port} for s in backend.servers
+        ],
+    }
+
+
+def _start(desired: Desired, config_file: str) -> dict[str, Any]:
+    """Return what HAProxy would be started with: the file, and every frontend (all new)
+    with the servers of its backend."""
+    backends = {b.name: b for b in desired.backends}
+    return {
+        "config_file": config_file,
+        "frontends": [_frontend(f, backends[f.backend]) for f in desired.frontends],
+    }
+
+
 def plan_report(
     desired: Desired,
     actual: Actual,
@@ -53,13 +76,17 @@ def plan_report(
     *,
     config_file: str,
 ) -> dict[str, Any]:
-    """Return the plan as a JSON-ready document: pending, actions, diff, excluded, ..."""
+    """Return the plan as a JSON-ready document: pending, actions, diff, excluded, ...
+
+    `start` is None while HAProxy runs; when it does not, what it would be started with.
+    """
     return {
         "pending": bool(actions),
         "actions": [_action(a) for a in actions],
         "diff": config_diff(actual.config, desired.config, path=config_file),
         "bind_ips": list(desired.bind_ips),
         "haproxy_running": actual.running,
+        "start": None if actual.running else _start(desired, config_file),
         "excluded": [
             {"hostname": e.hostname, "id": e.service_id, "name": e.name, "reason": e.reason}
             for e in excluded
@@ -67,18 +94,42 @@ def plan_report(
     }
 
 
+def _cost(actions: Sequence[dict[str, Any]]) -> str:
+    """Return what the actions cost HAProxy: a start, a reload, or nothing of the kind."""
+    kinds = [a["kind"] for a in actions]
+    if "start" in kinds:
+        return "HAProxy to be started"
+    reloads = kinds.count("reload")
+    return "no reload" if not reloads else "one reload" if reloads == 1 else f"{reloads} reloads"
+
+
 def render_text(report: dict[str, Any]) -> str:
     """Return the report as `sidecar plan` prints it."""
     lines: list[str] = []
     actions = report["actions"]
+    start = report.get("start")
+    if start is not None:
+        lines.append(
+            "HAProxy is not running: it would be started with the config below, written to "
+            f"{start['config_file']}."
+        )
     if not actions:
         lines.append("Nothing to change: this host's HAProxy matches the cluster state.")
     else:
-        reloads = sum(a["kind"] in ("reload", "start") for a in actions)
-        cost = "no reload" if not reloads else "one reload" if reloads == 1 else f"{reloads}"
-        lines.append(f"{len(actions)} action(s) pending ({cost}):")
+        lines.append(f"{len(actions)} action(s) pending ({_cost(actions)}):")
         for number, action in enumerate(actions, 1):
             lines.append(f"  {number}. {action['summary']}")
+    if start is not None:
+        frontends = start["frontends"]
+        servers = sum(len(f["servers"]) for f in frontends)
+        lines += ["", f"{len(frontends)} frontend(s) and {servers} server(s), all new:"]
+        for frontend in frontends:
+            lines.append(
+                f"  frontend {frontend['name']} on {frontend['bind']} ({frontend['mode']})"
+            )
+            lines += [
+                f"    server {s['name']} {s['address']}:{s['port']}" for s in frontend["servers"]
+            ]
     if report["diff"]:
         lines += ["", report["diff"].rstrip("\n")]
     if report["excluded"]:

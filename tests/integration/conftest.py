@@ -402,6 +402,35 @@ def run_container(
                 container.remove(force=True)
 
 
+# ---------------------------------------------------------------- sidecar run
+
+
+def daemon_environment(tmp_path: Path, loopback: Loopback, **settings: str) -> dict[str, str]:
+    """Return the environment of a test `sidecar run`: ours without any variable the daemon
+    reads, its API and HAProxy's frontends and stats on fresh 127.0.0.x addresses and ports,
+    HAProxy's files in `tmp_path / "haproxy"`, checks every second; `settings` on top."""
+    home = tmp_path / "haproxy"
+    return {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SIDECAR_", "HAPROXY_", "STATIC_"))
+        },
+        "SIDECAR_HTTP_ADDRESS": f"{loopback.address()}:7777",
+        "SIDECAR_HOSTNAME": f"node-{uuid.uuid4().hex[:6]}",
+        "SIDECAR_ADVERTISE_IP": "127.0.0.1",
+        "SIDECAR_CHECK_INTERVAL": "1s",
+        "HAPROXY_BIND_IP": loopback.address(),
+        "HAPROXY_CONFIG_FILE": str(home / "haproxy.cfg"),
+        "HAPROXY_PID_FILE": str(home / "haproxy.pid"),
+        "HAPROXY_MASTER_SOCKET": str(home / "master.sock"),
+        "HAPROXY_ADMIN_SOCKET": str(home / "admin.sock"),
+        "HAPROXY_STATS_PORT": str(loopback.port()),
+        "HAPROXY_STATS_BACKEND_PORT": str(loopback.port()),
+        **settings,
+    }
+
+
 # ---------------------------------------------------------------- HAProxy
 
 

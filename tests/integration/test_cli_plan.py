@@ -15,7 +15,7 @@ from sidecar.state import codec, merge
 from sidecar.state.model import ClusterState
 
 from .conftest import REPO
-from .haproxy_kit import T0, apply, reconciling
+from .haproxy_kit import T0, Backend, apply, reconciling
 
 pytestmark = pytest.mark.haproxy
 
@@ -175,16 +175,121 @@ def test_plan_reads_the_state_from_the_daemon_api(haproxy_site, backend, tmp_pat
     assert "Nothing to change" in out
 
 
-def test_plan_says_clearly_when_haproxy_or_the_daemon_does_not_answer(
+def test_plan_on_a_fresh_host_plans_the_start_of_haproxy(haproxy_site, loopback, tmp_path):
+    options, settings = haproxy_site
+    ip = loopback.address()
+    a, b = Backend("h1", "a1", ip, 3001), Backend("h2", "b2", ip, 3002)
+    api = Backend("h3", "c3", ip, 3003, service_port=9000)
+    path = state_file(tmp_path / "state.json", a.record(), b.record(), api.record(name="api"))
+
+    code, out, err = asyncio.run(sidecar(*plan_args(options, settings, "--state", str(path))))
+    assert code == 2, (out, err)
+    assert f"no HAProxy answers on {options.master_socket} (managed mode)" in err
+    assert out.startswith(
+        "HAProxy is not running: it would be started with the config below, written to "
+        f"{options.config_file}.\n2 action(s) pending (HAProxy to be started):\n"
+        "  1. write  (HAProxy is not running)\n"
+        "  2. start  (HAProxy is not running)\n"
+    )
+    assert (
+        "2 frontend(s) and 3 server(s), all new:\n"
+        f"  frontend api-9000 on {settings.bind_ip}:9000 (http)\n"
+        f"    server h3-c3 {ip}:3003\n"
+        f"  frontend web-8080 on {settings.bind_ip}:8080 (http)\n"
+        f"    server h1-a1 {ip}:3001\n"
+        f"    server h2-b2 {ip}:3002\n"
+    ) in out
+    assert f"--- {options.config_file} (missing)" in out
+    assert "+frontend web-8080" in out
+
+    code, out, _ = asyncio.run(
+        sidecar(*plan_args(options, settings, "--state", str(path), "--json"))
+    )
+    document = json.loads(out)
+    assert code == 2
+    assert document["pending"] is True
+    assert document["haproxy_running"] is False
+    assert [x["kind"] for x in document["actions"]] == ["write", "start"]
+    assert document["start"]["config_file"] == str(options.config_file)
+    frontends = {f["name"]: f for f in document["start"]["frontends"]}
+    assert sorted(frontends) == ["api-9000", "web-8080"]
+    assert [s["name"] for s in frontends["web-8080"]["servers"]] == ["h1-a1", "h2-b2"]
+    assert frontends["web-8080"]["bind"] == f"{settings.bind_ip}:8080"
+    assert document["bind_ips"] == []  # a loopback bind IP needs no address added
+
+    assert not options.config_file.parent.exists()  # plan wrote nothing
+
+
+def test_plan_after_haproxy_stopped_diffs_against_the_file_it_left(haproxy_site, backend, tmp_path):
+    options, settings = haproxy_site
+    a, b = backend("h1", "a1"), backend("h2", "b2")
+
+    async def scenario():
+        async with reconciling(options, settings) as (_, reconciler):
+            await apply(reconciler, a)
+        # HAProxy is stopped now; its config file stays.
+        path = state_file(tmp_path / "state.json", a.record(), b.record())
+        return await sidecar(*plan_args(options, settings, "--state", str(path)))
+
+    code, out, err = asyncio.run(scenario())
+    assert code == 2, (out, err)
+    assert "HAProxy is not running: it would be started" in out
+    assert f"--- {options.config_file} (on disk)" in out
+    assert f"+\tserver h2-b2 {b.ip}:{b.port} cookie h2-{b.port}" in out
+    assert "+frontend web-8080" not in out  # the file has it already
+
+
+@pytest.mark.netns
+def test_plan_on_a_fresh_host_names_the_bind_ip_to_add(netns, tmp_path):
+    ns = netns()  # its own `lo`, with 127.0.0.1 only
+    home = tmp_path / "haproxy"
+    path = state_file(tmp_path / "state.json", Backend("h1", "a1", "127.0.0.2", 3001).record())
+    result = ns.run(
+        sys.executable,
+        "-m",
+        "sidecar",
+        "plan",
+        "--state",
+        str(path),
+        "--bind-ip",
+        "192.168.168.168",
+        "--interface",
+        "lo",
+        "--config-file",
+        str(home / "haproxy.cfg"),
+        "--master-socket",
+        str(home / "master.sock"),
+        "--admin-socket",
+        str(home / "admin.sock"),
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert (
+        "  1. bind 192.168.168.168  (HAProxy binds 192.168.168.168, which is not on the "
+        "interface)\n  2. write  (HAProxy is not running)\n  3. start  (HAProxy is not running)"
+    ) in result.stdout
+    assert "frontend web-8080 on 192.168.168.168:8080 (http)" in result.stdout
+    assert "192.168.168.168" not in ns.ip("-o", "addr", "show", "dev", "lo").stdout
+    assert not home.exists()
+
+
+def test_plan_refuses_a_template_jinja_cannot_parse_naming_the_line(haproxy_site, tmp_path):
+    options, settings = haproxy_site
+    template = tmp_path / "broken.j2"
+    template.write_text("global\n\tdaemon\n\tbind {{ bind_ip }\n")
+    path = state_file(tmp_path / "state.json")
+    code, out, err = asyncio.run(
+        sidecar(*plan_args(options, settings, "--state", str(path), "--template", str(template)))
+    )
+    assert (code, out) == (1, "")
+    assert f"sidecar plan: {template}, line 3: unexpected '}}'" in err
+
+
+def test_plan_says_clearly_when_the_daemon_does_not_answer_or_the_state_is_refused(
     haproxy_site, tmp_path, loopback
 ):
     options, settings = haproxy_site
-    path = state_file(tmp_path / "state.json")
-
-    code, out, err = asyncio.run(sidecar(*plan_args(options, settings, "--state", str(path))))
-    assert (code, out) == (1, "")
-    assert f"HAProxy does not answer on {options.master_socket} (managed mode)" in err
-
     host = loopback.address()
     closed = f"http://{host}:{loopback.port(host)}"
     code, out, err = asyncio.run(sidecar(*plan_args(options, settings, "--api", closed)))

@@ -19,7 +19,7 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import REPO, http_request, wait_for
+from .conftest import REPO, daemon_environment, http_request, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.haproxy]
 
@@ -28,25 +28,10 @@ SERVES_ITS_NAME = ["sh", "-c", "hostname > /www/index.html && exec httpd -f -p 8
 
 @pytest.fixture
 def daemon_env(tmp_path, loopback):
-    """The environment of a test daemon: everything on fresh loopback addresses."""
-    api = loopback.address()
-    home = tmp_path / "haproxy"
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "HAPROXY_"))},
-        "SIDECAR_HTTP_ADDRESS": f"{api}:7777",
-        "SIDECAR_HOSTNAME": f"node-{uuid.uuid4().hex[:6]}",
-        "SIDECAR_ADVERTISE_IP": "127.0.0.1",
-        "SIDECAR_DISCOVERY": "docker",
-        "SIDECAR_CHECK_INTERVAL": "1s",
-        "HAPROXY_BIND_IP": loopback.address(),
-        "HAPROXY_CONFIG_FILE": str(home / "haproxy.cfg"),
-        "HAPROXY_PID_FILE": str(home / "haproxy.pid"),
-        "HAPROXY_MASTER_SOCKET": str(home / "master.sock"),
-        "HAPROXY_ADMIN_SOCKET": str(home / "admin.sock"),
-        "HAPROXY_STATS_PORT": str(loopback.port()),
-        "HAPROXY_STATS_BACKEND_PORT": str(loopback.port()),
-        "HAPROXY_STOP_ON_EXIT": "true",
-    }
+    """The environment of a test daemon: Docker discovery, everything on fresh loopback."""
+    return daemon_environment(
+        tmp_path, loopback, SIDECAR_DISCOVERY="docker", HAPROXY_STOP_ON_EXIT="true"
+    )
 
 
 def api_url(env, path):
@@ -291,3 +276,74 @@ def test_sighup_takes_a_new_template_without_a_restart(spawn, daemon_env, tmp_pa
     assert proc.poll() is None
     assert "SIGHUP: haproxy.template_file" not in spawn.log("sidecar")  # same path, new text
     assert "SIGHUP:" in spawn.log("sidecar")
+
+
+def test_start_up_refuses_a_template_jinja_cannot_parse_naming_the_line(daemon_env, tmp_path):
+    template = tmp_path / "haproxy.cfg.j2"
+    template.write_text("global\n\tdaemon\n{% for frontend in %}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "run"],
+        env={**daemon_env, "HAPROXY_TEMPLATE_FILE": str(template)},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"haproxy.template_file is not a valid template: {template}, line 3: " in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(daemon_env["HAPROXY_CONFIG_FILE"])
+
+
+def test_sighup_refuses_a_template_jinja_cannot_parse_and_keeps_the_old_configuration(
+    spawn, daemon_env, tmp_path, run_container, test_image
+):
+    from sidecar.reconcile.desired import SHIPPED_TEMPLATE
+
+    template = tmp_path / "haproxy.cfg.j2"
+    template.write_text("# template v1\n" + SHIPPED_TEMPLATE)
+    settings = tmp_path / "sidecar.toml"
+    settings.write_text(f'[haproxy]\ntemplate_file = "{template}"\n')
+    proc = start(spawn, daemon_env, "--config", str(settings))
+    config = tmp_path / "haproxy" / "haproxy.cfg"
+    wait_for(lambda: config.exists() and "# template v1" in config.read_text(), what="v1 rendered")
+
+    # A broken template, and another live setting in the same reload: both refused.
+    template.write_text("# template v2\n\n{% for frontend in %}\n" + SHIPPED_TEMPLATE)
+    settings.write_text(
+        f'[sidecar]\nlogging_level = "debug"\n[haproxy]\ntemplate_file = "{template}"\n'
+    )
+    proc.send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: "SIGHUP: configuration not reloaded" in spawn.log("sidecar"),
+        what="the SIGHUP refused",
+    )
+    log = spawn.log("sidecar")
+    assert f"{template}, line 3: " in log
+    assert "logging_level is now" not in log
+    assert proc.poll() is None
+    assert http_request(api_url(daemon_env, "/healthz")).status == 200
+
+    # A change after the refused SIGHUP is still rendered, from the old template.
+    name, port = f"hup-{uuid.uuid4().hex[:6]}", 18996
+    run_container(
+        test_image,
+        SERVES_ITS_NAME,
+        labels={"ServiceName": name, "ServicePort_80": str(port)},
+        publish_all_ports=True,
+    )
+    wait_for(
+        lambda: f"frontend {name}-{port}\n" in config.read_text(),
+        what="the new container rendered",
+        timeout=30,
+    )
+    assert config.read_text().startswith("# template v1\n")
+    assert http_request(api_url(daemon_env, "/healthz")).status == 200
+
+    # A good SIGHUP still takes both.
+    template.write_text("# template v3\n" + SHIPPED_TEMPLATE)
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: config.read_text().startswith("# template v3\n"), what="v3 after SIGHUP")
+    assert "SIGHUP: sidecar.logging_level is now 'debug'" in spawn.log("sidecar")
+    assert proc.poll() is None

@@ -69,7 +69,10 @@ def test_haproxy_serves_the_state_at_the_bind_address_in_a_namespace(netns, tmp_
         return names
 
     async def scenario():
-        async with reconciling(options, settings, addresses=binder) as (haproxy, reconciler):
+        async with reconciling(options, settings, addresses=binder, resync=0.3) as (
+            haproxy,
+            reconciler,
+        ):
             first = await apply(reconciler, a, b)
             assert first.error is None, first.error
             assert [x.kind for x in first.done] == ["bind", "write", "start"]
@@ -85,6 +88,16 @@ def test_haproxy_serves_the_state_at_the_bind_address_in_a_namespace(netns, tmp_
             after = await master(haproxy)
             assert after.reloads == before.reloads
             assert reconciler.stats.binds == 1
+
+            # The address removed by hand: the next resync binds it again, and it serves.
+            ns.ip("addr", "del", f"{BIND_IP}/32", "dev", "lo")
+            await asyncio.to_thread(
+                wait_for,
+                lambda: f"{BIND_IP}/32" in ns.ip("-o", "addr", "show", "dev", "lo").stdout,
+                what="the bind IP bound again",
+            )
+            assert await asyncio.to_thread(served_by) == {a.name, c.name}
+            assert reconciler.stats.binds == 2
 
     try:
         asyncio.run(scenario())

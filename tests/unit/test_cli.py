@@ -65,3 +65,58 @@ def test_json_logs_are_one_object_per_line(capsys):
         ("debug", "sidecar.test", "details"),
     ]
     assert all("time" in e for e in entries)
+
+
+@pytest.fixture
+def root_logger():
+    """The root logger, its handlers and level restored after the test."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield root
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_a_text_log_record_is_one_line_whatever_its_values_carry(capsys, root_logger):
+    import logging
+
+    cli.setup_logging(level="info", json_format=False)
+    log = logging.getLogger("sidecar.test")
+    log.info("static service %s refused", "web\n2026-01-01 INFO forged")
+    log.info("name %r", "a\r\x1b[2Kb\x85c\u2028d\te")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].endswith(
+        "INFO sidecar.test: static service web\\n2026-01-01 INFO forged refused"
+    )
+    assert lines[1].endswith("name 'a\\r\\x1b[2Kb\\x85c\\u2028d\\te'")
+
+
+def test_a_traceback_is_indented_below_its_record(capsys, root_logger):
+    import logging
+
+    cli.setup_logging(level="info", json_format=False)
+    try:
+        raise ValueError("bad\n2026-01-01 INFO forged")
+    except ValueError:
+        logging.getLogger("sidecar.test").exception("it failed")
+    first, *rest = capsys.readouterr().err.splitlines()
+    assert first.endswith("ERROR sidecar.test: it failed")
+    assert all(line.startswith("    ") for line in rest), rest
+    assert "    Traceback (most recent call last):" in rest
+    assert "    2026-01-01 INFO forged" in rest  # the exception's own line break: indented
+
+
+def test_a_json_log_record_is_one_line_whatever_its_values_carry(capsys, root_logger):
+    import json
+    import logging
+
+    cli.setup_logging(level="info", json_format=True)
+    logging.getLogger("sidecar.test").info("service %s", "web\n2026-01-01 INFO forged\u2028x")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert json.loads(lines[0])["message"] == "service web\n2026-01-01 INFO forged\u2028x"

@@ -29,6 +29,7 @@ GO_DEFAULTS = {
     "sidecar.health_fall": 2,
     "docker_discovery.docker_url": "unix:///var/run/docker.sock",
     "static_discovery.config_file": "static.json",
+    "static_discovery.max_size": 4 * 1024 * 1024,
     "services.namer": "docker_label",
     "services.name_label": "ServiceName",
     "services.name_match": "",
@@ -53,6 +54,8 @@ GO_DEFAULTS = {
     "haproxy.debounce_max": 1.0,
     "haproxy.stats_port": 3212,
     "haproxy.stats_backend_port": 32012,
+    "haproxy.stats_ip": "",
+    "haproxy.hard_stop_after": 30.0,
     "listeners.urls": (),
 }
 
@@ -341,6 +344,15 @@ def test_duration_variables():
     assert cfg.sidecar.check_interval == 0.5
 
 
+def test_static_max_size_is_a_byte_count_from_the_file_or_the_environment(in_tmp):
+    (in_tmp / "sidecar.toml").write_text("[static_discovery]\nmax_size = 65536\n")
+    assert load(environ={}).static_discovery.max_size == 65536
+    assert load(environ={"STATIC_MAX_SIZE": "1048576"}).static_discovery.max_size == 1048576
+    assert problem(environ={"STATIC_MAX_SIZE": "4MiB"}) == (
+        "STATIC_MAX_SIZE='4MiB': not a decimal integer"
+    )
+
+
 @pytest.mark.parametrize("text", ["1", "t", "T", "TRUE", "true", "True"])
 def test_go_true(text):
     cfg = load(path=None, environ={"HAPROXY_DISABLE": text, "HAPROXY_APPLY": text})
@@ -498,6 +510,7 @@ BAD_VALUES = [
     ("DOCKER_URL", "npipe:////./pipe/docker", '"npipe:////./pipe/docker"', "unsupported URL"),
     ("DOCKER_URL", "tcp://", '"tcp://"', "no host after tcp://"),
     ("STATIC_CONFIG_FILE", "", '""', "empty"),
+    ("STATIC_MAX_SIZE", "0", "0", "out of range (expected 1..2147483648 bytes)"),
     ("SERVICES_NAMER", "label", '"label"', "allowed: docker_label, regex"),
     ("SERVICES_NAME_LABEL", "", '""', "empty"),
     ("HAPROXY_MODE", "manual", '"manual"', "allowed: managed, external"),

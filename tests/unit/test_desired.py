@@ -119,6 +119,31 @@ def test_any_other_bind_ip_is_to_be_bound():
     assert render(record(), settings=HaproxySettings(bind_ip="10.1.2.3")).bind_ips == ("10.1.2.3",)
 
 
+@pytest.mark.parametrize(
+    ("bind_ip", "stats_ip", "listens"),
+    [
+        ("192.168.168.168", "", "192.168.168.168"),
+        ("0.0.0.0", "", "127.0.0.1"),
+        ("", "", "127.0.0.1"),
+        ("::", "", "[::1]"),
+        ("192.168.168.168", "10.0.0.5", "10.0.0.5"),
+        ("0.0.0.0", "fd00::5", "[fd00::5]"),
+    ],
+)
+def test_the_stats_listen_on_the_bind_ip_or_loopback_never_everywhere(bind_ip, stats_ip, listens):
+    settings = dataclasses.replace(SETTINGS, bind_ip=bind_ip, stats_ip=stats_ip)
+    config = render(settings=settings).config
+    binds = re.findall(r"\n\tbind (\S+)", config)
+    assert binds == [f"{listens}:3212", f"{listens}:32012"]  # no service: the stats alone
+    assert f"\tserver localhost {listens}:32012\n" in config
+
+
+@pytest.mark.parametrize(("seconds", "written"), [(30.0, "30s"), (0.25, "250ms"), (90.0, "90s")])
+def test_hard_stop_after_bounds_how_long_an_old_haproxy_finishes_its_requests(seconds, written):
+    config = render(settings=dataclasses.replace(SETTINGS, hard_stop_after=seconds)).config
+    assert f"\n\thard-stop-after {written}\n" in config
+
+
 def test_the_same_state_gives_the_same_bytes_whatever_the_order():
     records = [
         record(),
@@ -141,6 +166,26 @@ def test_a_broken_user_template_is_an_error_naming_it(template):
     settings = HaproxySettings(template=template, template_name="/etc/sidecar/my.cfg.j2")
     with pytest.raises(desired.TemplateError, match=re.escape("/etc/sidecar/my.cfg.j2")):
         render(record(), settings=settings)
+
+
+@pytest.mark.parametrize(
+    ("template", "line", "message"),
+    [
+        pytest.param("global\n\n{% for f in frontends %}\n", 3, "'endfor'", id="unclosed-for"),
+        pytest.param("global\n  bind {{ bind_ip }\n", 2, "unexpected '}'", id="bad-braces"),
+        pytest.param("a\nb\nc\n{{ x | no_such_filter }}", 4, "no_such_filter", id="filter"),
+    ],
+)
+def test_check_template_names_the_file_the_line_and_jinjas_message(template, line, message):
+    with pytest.raises(desired.TemplateError) as refused:
+        desired.check_template(template, "/etc/sidecar/my.cfg.j2")
+    assert str(refused.value).startswith(f"/etc/sidecar/my.cfg.j2, line {line}: ")
+    assert message in str(refused.value)
+
+
+def test_check_template_accepts_what_compiles_even_if_it_would_not_render():
+    desired.check_template(desired.SHIPPED_TEMPLATE, "the shipped template")
+    desired.check_template("{{ no_such_value }}", "t.j2")  # undefined: known only at render
 
 
 # ---------------------------------------------------------------------- injection

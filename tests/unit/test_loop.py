@@ -270,7 +270,7 @@ def test_a_resync_of_the_same_view_reuses_the_render_and_new_settings_render_aga
     assert resynced >= 3, resynced  # the resyncs did read HAProxy and plan...
     assert rendered_then == 1  # ...on the one render of that view
     assert renders[-1].stats_port == 3213  # new settings: rendered again
-    assert "bind 0.0.0.0:3213" in haproxy.actual.config
+    assert "bind 192.168.168.168:3213" in haproxy.actual.config
     assert haproxy.calls == ["write", "start", "write", "reload"]
 
 

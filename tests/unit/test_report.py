@@ -1,0 +1,125 @@
+"""The plan as `sidecar plan` prints it: on a fresh host (nothing running) and on a live one."""
+
+from __future__ import annotations
+
+import json
+
+from sidecar.reconcile import desired, plans, report
+from sidecar.reconcile.desired import HaproxySettings
+from sidecar.reconcile.plans import Actual
+from sidecar.state import merge, times, views
+from sidecar.state.model import ClusterState, Port, Service, Status
+
+T0 = 1_700_000_000 * times.NANOS_PER_SECOND
+SETTINGS = HaproxySettings(bind_ip="192.168.168.168")
+CONFIG_FILE = "/etc/haproxy.cfg"
+
+
+def svc(host, sid, *, name="web", port=30001, service_port=8080, ip="10.0.0.1"):
+    return Service(
+        id=sid,
+        name=name,
+        image=f"{name}:1",
+        created=T0,
+        hostname=host,
+        ports=(Port(type="tcp", port=port, service_port=service_port, ip=ip),),
+        updated=T0,
+        proxy_mode="http",
+        status=Status.ALIVE,
+    )
+
+
+def routing(*records):
+    state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
+    table = views.routing_table(state)
+    return table, desired.desired(table, SETTINGS)
+
+
+def applied(*records):
+    """What a host has once the plan for these records ran from nothing."""
+    return plans.apply(Actual(), plans.plan(routing(*records)[1], Actual()))
+
+
+def document(actual, *records):
+    table, want = routing(*records)
+    actions = plans.plan(want, actual)
+    return report.plan_report(want, actual, actions, table.excluded, config_file=CONFIG_FILE)
+
+
+FRESH = (
+    svc("h1", "a1"),
+    svc("h2", "b2", ip="10.0.0.2"),
+    svc("h3", "c3", name="api", port=9, service_port=9000),
+)
+
+
+def test_nothing_running_reports_the_start_every_frontend_and_server_and_the_bind_ip():
+    shown = document(Actual(), *FRESH)
+    assert shown["haproxy_running"] is False
+    assert [a["kind"] for a in shown["actions"]] == ["bind", "write", "start"]
+    assert shown["bind_ips"] == ["192.168.168.168"]
+    assert shown["start"] == {
+        "config_file": CONFIG_FILE,
+        "frontends": [
+            {
+                "name": "api-9000",
+                "service": "api",
+                "bind": "192.168.168.168:9000",
+                "mode": "http",
+                "servers": [{"name": "h3-c3", "address": "10.0.0.1", "port": 9}],
+            },
+            {
+                "name": "web-8080",
+                "service": "web",
+                "bind": "192.168.168.168:8080",
+                "mode": "http",
+                "servers": [
+                    {"name": "h1-a1", "address": "10.0.0.1", "port": 30001},
+                    {"name": "h2-b2", "address": "10.0.0.2", "port": 30001},
+                ],
+            },
+        ],
+    }
+    assert json.loads(json.dumps(shown)) == shown  # plain JSON types
+
+    text = report.render_text(shown)
+    assert text.startswith(
+        "HAProxy is not running: it would be started with the config below, written to "
+        f"{CONFIG_FILE}.\n3 action(s) pending (HAProxy to be started):\n"
+    )
+    assert "one reload" not in text
+    assert "bind 192.168.168.168  (HAProxy binds 192.168.168.168" in text
+    assert (
+        "2 frontend(s) and 3 server(s), all new:\n"
+        "  frontend api-9000 on 192.168.168.168:9000 (http)\n"
+        "    server h3-c3 10.0.0.1:9\n"
+        "  frontend web-8080 on 192.168.168.168:8080 (http)\n"
+        "    server h1-a1 10.0.0.1:30001\n"
+        "    server h2-b2 10.0.0.2:30001\n"
+    ) in text
+    assert f"--- {CONFIG_FILE} (missing)" in text
+    assert "+frontend web-8080" in text
+
+
+def test_nothing_running_with_a_file_left_from_an_earlier_run_diffs_against_that_file():
+    left = Actual(config=applied(svc("h1", "a1")).config, running=False)
+    shown = document(left, svc("h1", "a1"), svc("h2", "b2", ip="10.0.0.2"))
+    assert [a["kind"] for a in shown["actions"]] == ["bind", "write", "start"]
+    assert f"--- {CONFIG_FILE} (on disk)" in shown["diff"]
+    assert "+\tserver h2-b2 10.0.0.2:30001" in shown["diff"]
+    assert "+frontend web-8080" not in shown["diff"]  # already in the file
+    assert "HAProxy is not running" in report.render_text(shown)
+
+
+def test_a_running_haproxy_has_no_start_section():
+    live = applied(svc("h1", "a1"))
+    assert live.running
+    shown = document(live, svc("h1", "a1"))
+    assert shown["start"] is None
+    assert report.render_text(shown) == (
+        "Nothing to change: this host's HAProxy matches the cluster state.\n"
+    )
+    grown = document(live, svc("h1", "a1"), svc("h2", "b2", ip="10.0.0.2"))
+    text = report.render_text(grown)
+    assert "2 action(s) pending (no reload):" in text
+    assert "not running" not in text
