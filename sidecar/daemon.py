@@ -35,7 +35,7 @@ from sidecar.config import Config
 from sidecar.host import HostDiscovery, HostObservation
 from sidecar.reconcile.desired import HaproxySettings
 from sidecar.reconcile.loop import Reconciler
-from sidecar.state import discovery, merge
+from sidecar.state import discovery, node
 from sidecar.state.discovery import DiscoveryPolicy, Rejected
 from sidecar.state.model import ClusterState, Service, Status
 from sidecar.state.times import UNIX_EPOCH
@@ -64,8 +64,8 @@ class Daemon:
         self.config = config
         self.hostname = hostname
         self.advertise_ip = advertise_ip
-        self._state = ClusterState(hostname=hostname, cluster_name=config.sidecar.cluster_name)
-        self._observed: tuple[Service, ...] = ()
+        # This host's protocol (stamp, expire, broadcast, merge): the core's one node.
+        self._node = node.Node.start(hostname, config.sidecar.cluster_name)
         self._rejected: tuple[Rejected, ...] = ()
         self._static_error: str | None = None  # why the static file is not used, if it is not
         self._version = 0
@@ -152,14 +152,15 @@ class Daemon:
 
     # ------------------------------------------------------------------ the state
 
-    def _set(self, result: merge.MergeResult) -> None:
-        """Make `result.state` the state, and tell everyone who follows it."""
-        if result.state is self._state:
+    def _apply(self, step: node.Step) -> None:
+        """Take a step of this host's node; when the state changed, tell everyone who
+        follows it. (What the step would gossip waits for the cluster transport.)"""
+        self._node = step.node
+        if not step.changed:
             return
-        self._state = result.state
         self._version += 1
         self.merges += 1
-        for event in result.events:
+        for event in step.events:
             self.events[event.service.status.label()] += 1
             log.info(
                 "service %s (%s) on %s: %s -> %s",
@@ -170,7 +171,7 @@ class Daemon:
                 event.service.status.label(),
             )
         if self.reconciler is not None:
-            self.reconciler.update(self._state)
+            self.reconciler.update(self._node.state)
         self._notify()
 
     def _notify(self) -> None:
@@ -179,45 +180,42 @@ class Daemon:
         self._change = asyncio.Event()
 
     def _observe(self, observation: HostObservation) -> None:
-        self._observed = observation.services
         self._rejected = observation.rejected
         self._static_error = observation.static_error
-        self._set(merge.stamp(self._state, self._observed, now=time.time_ns()))
+        self._apply(node.observe(self._node, observation.services, now=time.time_ns()))
 
     def _tick(self) -> None:
-        now = time.time_ns()
-        self._set(merge.stamp(self._state, self._observed, now=now))
-        self._set(merge.expire(self._state, now=now))
+        self._apply(node.tick(self._node, now=time.time_ns()))
 
     # ------------------------------------------------------------------ the Catalog
 
     def state(self) -> ClusterState:
         """Return the current cluster state."""
-        return self._state
+        return self._node.state
 
     def members(self) -> Mapping[str, int]:
         """Return the cluster's members (today: this node) and when each last changed."""
-        own = self._state.servers.get(self.hostname)
+        own = self._node.state.servers.get(self.hostname)
         return {self.hostname: own.last_updated if own is not None else UNIX_EPOCH}
 
     async def changes(self) -> AsyncIterator[ClusterState]:
         """Yield the state now, then after every change (a slow reader skips to the newest)."""
         seen = self._version
-        yield self._state
+        yield self._node.state
         while True:
             if self._version == seen:
                 await self._change.wait()
             seen = self._version
-            yield self._state
+            yield self._node.state
 
     async def drain(self, service_id: str) -> Service | None:
         """Return an own service set to DRAINING, or None when there is no such live one."""
-        result = merge.drain(self._state, service_id, now=time.time_ns())
-        if result is None:
+        step = node.drain(self._node, service_id, now=time.time_ns())
+        if step is None:
             return None
-        self._set(result)
+        self._apply(step)
         log.info("drained %s on request", service_id)
-        return self._state.get(self.hostname, service_id)
+        return self._node.state.get(self.hostname, service_id)
 
     def plan(self) -> Mapping[str, Any] | None:
         """Return what is pending on this host's HAProxy (the `sidecar plan --json` document)
@@ -291,7 +289,7 @@ class Daemon:
         return healthy, details
 
     def _own_count(self) -> int:
-        return sum(1 for r in self._state.own_records() if r.status is not Status.TOMBSTONE)
+        return sum(1 for r in self._node.state.own_records() if r.status is not Status.TOMBSTONE)
 
     # ------------------------------------------------------------------ metrics
 
@@ -345,7 +343,7 @@ class Daemon:
             self.reconciler.settings = _with_template(
                 self.reconciler.settings, template, h.template_file
             )
-            self.reconciler.update(self._state)
+            self.reconciler.update(self._node.state)
         return said
 
     # ------------------------------------------------------------------ running
@@ -367,7 +365,7 @@ class Daemon:
             "ticks": self._ticks(),
         }
         if self.reconciler is not None:
-            self.reconciler.update(self._state)
+            self.reconciler.update(self._node.state)
             parts["the HAProxy loop"] = self.reconciler.run()
         tasks = [asyncio.create_task(coro, name=name) for name, coro in parts.items()]
         stopping = asyncio.create_task(stop.wait())

@@ -1,11 +1,11 @@
 """`sidecar simulate`: a whole cluster of sidecars in one process, in virtual time.
 
-Every node runs the pure core exactly as the daemon's loop will: stamp what runs on its host,
-expire, broadcast what the scheduler says is due, merge and relay what arrives, push-pull
-with a random peer. Messages go through the Go JSON codec over a simulated network that
-delays and loses packets. A scripted scenario starts, stops and fails containers and crashes
-a node; the report says how long each change took to reach every live node and prints the
-routing table they all agree on.
+Every node is the core's one node protocol (`sidecar.state.node`, as the daemon runs it):
+stamp what runs on its host, expire, broadcast what the scheduler says is due, merge and
+relay what arrives, push-pull with a random peer. Messages go through the Go JSON codec over
+a simulated network that delays and loses packets. A scripted scenario starts, stops and
+fails containers and crashes a node; the report says how long each change took to reach
+every live node and prints the routing table they all agree on.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from sidecar.state import broadcast, codec, merge, times, views
+from sidecar.state import codec, node, times, views
 from sidecar.state.model import ClusterState, Port, Service, Status
 
 S = times.NANOS_PER_SECOND
@@ -29,11 +29,14 @@ DEATH_DETECTION = 5 * S
 @dataclass
 class SimNode:
     name: str
-    state: ClusterState
+    node: node.Node
     running: dict[str, Service] = field(default_factory=dict)
-    schedule: broadcast.Schedule = field(default_factory=broadcast.Schedule)
     alive: bool = True
-    dead_peers: set[str] = field(default_factory=set)
+
+    @property
+    def state(self) -> ClusterState:
+        """Return the node's view of the cluster."""
+        return self.node.state
 
 
 @dataclass(order=True)
@@ -54,7 +57,7 @@ class Simulation:
         self.loss = loss
         self.now = START
         self.nodes = {
-            f"node{i}": SimNode(f"node{i}", ClusterState(hostname=f"node{i}")) for i in range(nodes)
+            f"node{i}": SimNode(f"node{i}", node.Node.start(f"node{i}")) for i in range(nodes)
         }
         self.queue: list[_Delivery] = []
         self.seq = 0
@@ -72,41 +75,34 @@ class Simulation:
         delay = self.random.randint(1, 50) * MS // 10
         heapq.heappush(self.queue, _Delivery(self.now + delay, self.seq, dst, src, kind, payload))
 
-    def _gossip(self, node: SimNode, records: tuple[Service, ...]) -> None:
+    def _gossip(self, sim: SimNode, records: tuple[Service, ...]) -> None:
         for record in records:
             payload = codec.encode_service(record)
             for peer in self.nodes:
-                if peer != node.name:
-                    self._send(node.name, peer, "record", payload, reliable=False)
+                if peer != sim.name:
+                    self._send(sim.name, peer, "record", payload, reliable=False)
 
-    def tick(self, node: SimNode) -> None:
-        """Run one pass of the node's periodic loop."""
-        node.state = merge.stamp(node.state, node.running.values(), now=self.now).state
-        expired = merge.expire(node.state, now=self.now)
-        node.state = expired.state
-        node.schedule = broadcast.enqueue(node.schedule, expired.relay, now=self.now)
-        node.schedule, due = broadcast.due(node.schedule, node.state, now=self.now)
-        self._gossip(node, due)
+    def _take(self, sim: SimNode, step: node.Step) -> None:
+        sim.node = step.node
+        self._gossip(sim, step.send)
+
+    def tick(self, sim: SimNode) -> None:
+        """Run one pass of the node's periodic loop: what runs observed, then its tick."""
+        self._take(sim, node.observe(sim.node, sim.running.values(), now=self.now))
+        self._take(sim, node.tick(sim.node, now=self.now))
 
     def _receive(self, delivery: _Delivery) -> None:
-        node = self.nodes[delivery.dst]
-        if not node.alive:
+        sim = self.nodes[delivery.dst]
+        if not sim.alive:
             return
         if delivery.kind == "record":
-            result = merge.merge_record(
-                node.state, codec.decode_service(delivery.payload), now=self.now
-            )
-        else:
-            remote = codec.decode_state(delivery.payload)
-            result = merge.merge_state(node.state, remote, now=self.now)
-            if delivery.kind == "push":
-                self._send(
-                    node.name, delivery.src, "pull", codec.encode_state(node.state), reliable=True
-                )
-        node.state = result.state
-        self._gossip(node, result.relay)
-        for dead in node.dead_peers:
-            node.state = merge.tombstone_node(node.state, dead, now=self.now).state
+            record = codec.decode_service(delivery.payload)
+            self._take(sim, node.receive(sim.node, [record], now=self.now))
+            return
+        remote = codec.decode_state(delivery.payload)
+        if delivery.kind == "push":  # the reply carries the state before the merge, as Go's
+            self._send(sim.name, delivery.src, "pull", codec.encode_state(sim.state), reliable=True)
+        self._take(sim, node.receive_state(sim.node, remote, now=self.now))
 
     # ---------------------------------------------------------------- the world
 
@@ -141,50 +137,45 @@ class Simulation:
                         self.tick(self.nodes[name])
                     next_tick[name] = at + TICK
             if next_push <= self.now:
-                for node in self.live():
-                    peer = self.random.choice([p for p in self.nodes if p != node.name])
-                    self._send(
-                        node.name, peer, "push", codec.encode_state(node.state), reliable=True
-                    )
+                for sim in self.live():
+                    peer = self.random.choice([p for p in self.nodes if p != sim.name])
+                    self._send(sim.name, peer, "push", codec.encode_state(sim.state), reliable=True)
                 next_push += PUSH_PULL
         return self.now if done is not None and done() else None
 
-    def start(self, node: SimNode, name: str, service_port: int, host_port: int) -> Service:
-        """Start a healthy container on `node`; return its observation."""
+    def start(self, host: SimNode, name: str, service_port: int, host_port: int) -> Service:
+        """Start a healthy container on `host`; return its observation."""
         sid = f"{self.random.getrandbits(48):012x}"
         service = Service(
             id=sid,
             name=name,
             image=f"{name}:1.0",
             created=self.now,
-            hostname=node.name,
+            hostname=host.name,
             ports=(
                 Port(
                     type="tcp",
                     port=host_port,
                     service_port=service_port,
-                    ip=f"10.0.0.{list(self.nodes).index(node.name) + 1}",
+                    ip=f"10.0.0.{list(self.nodes).index(host.name) + 1}",
                 ),
             ),
             updated=self.now,
             proxy_mode="http",
             status=Status.ALIVE,
         )
-        node.running[sid] = service
+        host.running[sid] = service
         return service
 
-    def crash(self, node: SimNode) -> None:
+    def crash(self, host: SimNode) -> None:
         """Stop a node and everything on it, without a word to its peers."""
-        node.alive = False
-        node.running.clear()
+        host.alive = False
+        host.running.clear()
 
     def declare_dead(self, dead: SimNode) -> None:
         """Have every live node learn that `dead` died (as memberlist would tell it)."""
-        for node in self.live():
-            node.dead_peers.add(dead.name)
-            result = merge.tombstone_node(node.state, dead.name, now=self.now)
-            node.state = result.state
-            node.schedule = broadcast.enqueue(node.schedule, result.relay, now=self.now)
+        for sim in self.live():
+            sim.node = node.peer_died(sim.node, dead.name, now=self.now).node
 
 
 def _everyone_sees(sim: Simulation, host: str, sid: str, status: Status) -> Callable[[], bool]:
@@ -201,7 +192,7 @@ def run(nodes: int = 5, *, loss: float = 0.2, seed: int = 1) -> Iterator[str]:
     sim = Simulation(nodes, loss=loss, seed=seed)
     yield (
         f"sidecar simulate: {nodes} nodes, {loss:.0%} packet loss, seed {seed} "
-        "(the pure core in virtual time; `sidecar run` is not built yet)"
+        "(the core's node protocol in virtual time; deaths are declared by the script)"
     )
 
     def step(label: str, check: Callable[[], bool], limit: int = 120 * S) -> str:
@@ -212,8 +203,8 @@ def run(nodes: int = 5, *, loss: float = 0.2, seed: int = 1) -> Iterator[str]:
 
     services = [("web", 8080), ("api", 9000), ("db", 5432)]
     started = [
-        sim.start(node, name, port, 32000 + i)
-        for i, (node, (name, port)) in enumerate(
+        sim.start(host, name, port, 32000 + i)
+        for i, (host, (name, port)) in enumerate(
             (n, s) for n in sim.nodes.values() for s in services
         )
     ]

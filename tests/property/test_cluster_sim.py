@@ -1,8 +1,8 @@
 """The cluster simulation (DESIGN.md §5): N nodes running the pure core over a bad network.
 
-Each node does what the daemon's loop does, with the core's pure functions: it stamps what
-runs on its host, expires, broadcasts what the scheduler says is due, merges and relays what
-it receives, and answers push-pull with its whole state. Messages go through the real Go JSON
+Each node is the core's one node protocol (`sidecar.state.node`, the daemon's): it stamps
+what runs on its host, expires, broadcasts what the scheduler says is due, merges and relays
+what it receives, and answers push-pull with its whole state. Messages go through the real Go JSON
 codec. The network loses, duplicates, reorders and partitions; the clock advances; containers
 start, stop and flip health; nodes crash, are declared dead, and restart empty.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hypothesis import event, settings
 from hypothesis import strategies as st
@@ -30,7 +30,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from sidecar.state import broadcast, codec, merge, times
+from sidecar.state import codec, times
+from sidecar.state import node as protocol
 from sidecar.state.model import ClusterState, Port, Service, Status
 from tests.property import strategies
 
@@ -51,10 +52,12 @@ class Container:
 @dataclass
 class Node:
     name: str
-    state: ClusterState
-    schedule: broadcast.Schedule = field(default_factory=broadcast.Schedule)
+    core: protocol.Node
     alive: bool = True
-    dead_peers: set[str] = field(default_factory=set)
+
+    @property
+    def state(self) -> ClusterState:
+        return self.core.state
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,20 @@ class ClusterSim(RuleBasedStateMachine):
                 assert all(v.status is Status.TOMBSTONE for v in versions), (versions, record)
             versions.append(record)
 
-    def _stamp(self, node: Node) -> None:
-        node.state = merge.stamp(node.state, self._observed(node.name), now=self.now).state
+    def _take(self, node: Node, step: protocol.Step) -> None:
+        """Make `step` the node's, log the versions it wrote, and gossip what it sends."""
+        node.core = step.node
+        for record in step.wrote:
+            self._log(record, by_owner=False)
+        for record in step.send:  # broadcast repeats carry versions of their own (+50 ns)
+            self._log(record, by_owner=record.hostname == node.name)
         for record in node.state.own_records():
             self._log(record, by_owner=True)
+        self._gossip(node.name, step.send)
+
+    def _stamp(self, node: Node) -> None:
+        """What runs on the node's host changed: it observes it (as discovery tells it)."""
+        self._take(node, protocol.observe(node.core, self._observed(node.name), now=self.now))
 
     def _send(self, src: str, dst: str, kind: str, payload: tuple[bytes, ...]) -> None:
         if src != dst and frozenset((src, dst)) not in self.cut:
@@ -135,17 +148,10 @@ class ClusterSim(RuleBasedStateMachine):
 
     def _tick(self, node: Node) -> None:
         """One pass of the periodic loop: stamp, expire, broadcast what is due."""
-        self._stamp(node)
-        expired = merge.expire(node.state, now=self.now)
-        node.state = expired.state
-        for record in expired.relay:
-            self._log(record, by_owner=False)
+        step = protocol.tick(node.core, now=self.now)
+        if step.wrote:
             event("a peer's record expired")
-        node.schedule = broadcast.enqueue(node.schedule, expired.relay, now=self.now)
-        node.schedule, due = broadcast.due(node.schedule, node.state, now=self.now)
-        for record in due:
-            self._log(record, by_owner=record.hostname == node.name)
-        self._gossip(node.name, due)
+        self._take(node, step)
 
     def _receive(self, message: Message) -> None:
         node = self.cluster[message.dst]
@@ -153,20 +159,15 @@ class ClusterSim(RuleBasedStateMachine):
             return
         if message.kind == "records":
             records = [codec.decode_service(raw) for raw in message.payload]
-            result = merge.merge_records(node.state, records, now=self.now)
+            step = protocol.receive(node.core, records, now=self.now)
         else:
             remote = codec.decode_state(message.payload[0])
-            result = merge.merge_state(node.state, remote, now=self.now)
-        node.state = result.state
-        self._gossip(node.name, result.relay)
-        if any(e.service.status is Status.TOMBSTONE for e in result.events):
+            step = protocol.receive_state(node.core, remote, now=self.now)
+        if any(e.service.status is Status.TOMBSTONE for e in step.events):
             event("a tombstone was merged")
-        for dead in node.dead_peers:
-            # A record of a node known dead arrived late (a relay): it is dead all the same.
-            self._tombstone_node(node, dead)
+        self._take(node, step)
         if message.kind == "push":
             self._send(node.name, message.src, "pull", (codec.encode_state(node.state),))
-        self._stamp(node)
 
     def _alive(self) -> list[Node]:
         return [n for n in self.cluster.values() if n.alive]
@@ -177,7 +178,7 @@ class ClusterSim(RuleBasedStateMachine):
     def boot(self, count):
         names = [f"n{i}" for i in range(count)]
         for name in names:
-            self.cluster[name] = Node(name, ClusterState(hostname=name))
+            self.cluster[name] = Node(name, protocol.Node.start(name))
             self.reality[name] = {}
         return multiple(*names)
 
@@ -191,6 +192,7 @@ class ClusterSim(RuleBasedStateMachine):
                     data.draw(st.sampled_from(NAMES)), data.draw(st.sampled_from([32768, 32769]))
                 )
         for node in self.cluster.values():
+            self._stamp(node)
             self._tick(node)
         self.deliver_all()
 
@@ -301,18 +303,10 @@ class ClusterSim(RuleBasedStateMachine):
             and not self.cluster[dead].alive
             and self.now >= self.crashed_at[dead] + DEATH_DETECTION
         ):
-            node.dead_peers.add(dead)
-            self._tombstone_node(node, dead)
+            self._take(node, protocol.peer_died(node.core, dead, now=self.now))
             self.told_dead.add((observer, dead))
             self.declared_dead_at[dead] = self.now
             event("a node was declared dead")
-
-    def _tombstone_node(self, node: Node, dead: str) -> None:
-        result = merge.tombstone_node(node.state, dead, now=self.now)
-        node.state = result.state
-        for record in result.relay:
-            self._log(record, by_owner=False)
-        node.schedule = broadcast.enqueue(node.schedule, result.relay, now=self.now)
 
     @rule(name=nodes)
     def restart(self, name):
@@ -324,12 +318,12 @@ class ClusterSim(RuleBasedStateMachine):
             and self.now >= self.crashed_at[name] + DEATH_DETECTION
             and self.now > self.declared_dead_at.get(name, self.now - 1)
         ):
-            self.cluster[name] = Node(name, ClusterState(hostname=name))
+            self.cluster[name] = Node(name, protocol.Node.start(name))
             for key in [k for k in self.owner_latest if k[0] == name]:
                 del self.owner_latest[key]  # a new incarnation; it knows nothing of the old
             self.told_dead = {(o, d) for o, d in self.told_dead if d != name}
             for other in self.cluster.values():
-                other.dead_peers.discard(name)
+                other.core = protocol.peer_back(other.core, name)
             for key in [k for k in self.last_own_version if k[0] == name]:
                 del self.last_own_version[key]
 

@@ -1,0 +1,163 @@
+"""One host's gossip protocol, written once: a pure node value and the steps that move it.
+
+The h11 shape: each step is fed an input and `now`, and returns a `Step` — the new node,
+the records to gossip now, the change events, and the records this node wrote about other
+hosts. Nothing here sends, sleeps or reads a clock; the daemon, `sidecar simulate` and the
+property simulation all drive these same steps.
+
+* `observe` — what this host runs now (discovery and checks): stamped into the own records
+  (`merge.stamp`), and a new or changed one is gossiped at once (the eager push);
+* `tick` — about once a second: re-stamp, expire unheard records, and send what the
+  broadcast schedule says is due;
+* `receive` / `receive_state` — records gossiped by a peer, or a peer's whole state
+  (push-pull): merged, what was news relayed once, a known-dead peer's late records
+  tombstoned again, and this host's own records re-asserted over what peers said of them;
+* `peer_died` / `peer_back` — membership's word that a host died (its services tombstoned,
+  announced 10 times) or came back;
+* `drain` — an operator's drain of an own service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from sidecar.state import broadcast, merge
+from sidecar.state.model import ChangeEvent, ClusterState, Service
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A host's protocol state: the cluster state, what the host runs (its last
+    observation), the broadcast schedule, and the peers membership declared dead."""
+
+    state: ClusterState
+    running: tuple[Service, ...] = ()
+    schedule: broadcast.Schedule = field(default_factory=broadcast.Schedule)
+    dead_peers: frozenset[str] = frozenset()
+
+    @classmethod
+    def start(cls, hostname: str, cluster_name: str = "default") -> Node:
+        """Return a node that knows nothing yet."""
+        return cls(ClusterState(hostname=hostname, cluster_name=cluster_name))
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one step made: the node after it, whether its cluster state changed, the
+    records to gossip now (in order), the change events, and the records it wrote about
+    other hosts (expiry and dead-node tombstones, announced by the schedule)."""
+
+    node: Node
+    changed: bool = False
+    send: tuple[Service, ...] = ()
+    events: tuple[ChangeEvent, ...] = ()
+    wrote: tuple[Service, ...] = ()
+
+
+class _Steps:
+    """Accumulates one step's sub-steps (a private builder; the result is a `Step`)."""
+
+    def __init__(self, node: Node) -> None:
+        self.before = node.state
+        self.node = node
+        self.send: list[Service] = []
+        self.events: list[ChangeEvent] = []
+        self.wrote: list[Service] = []
+
+    def take(self, result: merge.MergeResult, *, relay: bool = False) -> None:
+        self.node = replace(self.node, state=result.state)
+        self.events.extend(result.events)
+        if relay:
+            self.send.extend(result.relay)
+
+    def announce_later(self, written: Iterable[Service], *, now: int) -> None:
+        written = tuple(written)
+        self.wrote.extend(written)
+        schedule = broadcast.enqueue(self.node.schedule, written, now=now)
+        self.node = replace(self.node, schedule=schedule)
+
+    def stamp(self, *, now: int) -> None:
+        self.take(merge.stamp(self.node.state, self.node.running, now=now))
+
+    def send_due(self, *, now: int) -> None:
+        schedule, due = broadcast.due(self.node.schedule, self.node.state, now=now)
+        self.node = replace(self.node, schedule=schedule)
+        self.send.extend(due)
+
+    def bury_dead(self, *, now: int) -> None:
+        # A record of a host known dead that arrived late (a relay) is dead all the same.
+        for hostname in sorted(self.node.dead_peers):
+            result = merge.tombstone_node(self.node.state, hostname, now=now)
+            self.take(result)
+            self.announce_later(result.relay, now=now)
+
+    def step(self) -> Step:
+        changed = self.node.state is not self.before
+        return Step(self.node, changed, tuple(self.send), tuple(self.events), tuple(self.wrote))
+
+
+def observe(node: Node, running: Iterable[Service], *, now: int) -> Step:
+    """Return the step of a new observation of what this host runs (`updated` ignored):
+    own records stamped, and what is due — a new or changed record at once — to send."""
+    steps = _Steps(replace(node, running=tuple(running)))
+    steps.stamp(now=now)
+    steps.send_due(now=now)
+    return steps.step()
+
+
+def tick(node: Node, *, now: int) -> Step:
+    """Return the step of the periodic loop: re-stamp, expire, send what is due."""
+    steps = _Steps(node)
+    steps.stamp(now=now)
+    expired = merge.expire(steps.node.state, now=now)
+    steps.take(expired)
+    steps.announce_later(expired.relay, now=now)
+    steps.send_due(now=now)
+    return steps.step()
+
+
+def receive(node: Node, records: Iterable[Service], *, now: int) -> Step:
+    """Return the step of records gossiped by a peer: merged, news relayed once."""
+    steps = _Steps(node)
+    steps.take(merge.merge_records(node.state, records, now=now), relay=True)
+    steps.bury_dead(now=now)
+    steps.stamp(now=now)
+    return steps.step()
+
+
+def receive_state(node: Node, remote: ClusterState, *, now: int) -> Step:
+    """Return the step of a peer's whole state (push-pull): merged, news relayed once.
+    The answer to a push is the node's state after this step."""
+    steps = _Steps(node)
+    steps.take(merge.merge_state(node.state, remote, now=now), relay=True)
+    steps.bury_dead(now=now)
+    steps.stamp(now=now)
+    return steps.step()
+
+
+def peer_died(node: Node, hostname: str, *, now: int) -> Step:
+    """Return the step of membership declaring `hostname` dead: its live records
+    tombstoned and announced (a node never declares itself dead)."""
+    if hostname == node.state.hostname:
+        return Step(node)
+    steps = _Steps(replace(node, dead_peers=node.dead_peers | {hostname}))
+    steps.bury_dead(now=now)
+    return steps.step()
+
+
+def peer_back(node: Node, hostname: str) -> Node:
+    """Return the node once `hostname`, declared dead, is a member again."""
+    return replace(node, dead_peers=node.dead_peers - {hostname})
+
+
+def drain(node: Node, service_id: str, *, now: int) -> Step | None:
+    """Return the step of draining an own service (announced at once), or None when this
+    host has no such live service."""
+    result = merge.drain(node.state, service_id, now=now)
+    if result is None:
+        return None
+    steps = _Steps(node)
+    steps.take(result)
+    steps.send_due(now=now)
+    return steps.step()
