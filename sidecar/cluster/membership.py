@@ -7,9 +7,10 @@ nanoseconds on any monotonic scale. Every input returns an `Output`: the datagra
 fallback pings for the transport to make (`TcpPing`), and the membership events for the node
 above (`Event`). Randomness comes in as a seeded generator (`Rng`) given at construction.
 
-Bytes are not this module's: the codec measures messages (`Config.measure`) so gossip can be
-packed into Go's 1,400-byte budget; addresses are raw IP bytes and a port, as Go stores them.
-User messages (type 8) are the node's; `receive` ignores them.
+Bytes are not this module's: the codec measures messages (`Config.measure`, by default
+`codec.encoded_size`) so gossip can be packed into Go's 1,400-byte budget; addresses are raw
+IP bytes and a port, as Go stores them. User messages (type 8) are the node's; `receive`
+ignores them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable, MutableSequence, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, Protocol, TypeVar
 
+from sidecar.cluster.codec import encoded_size
 from sidecar.cluster.messages import (
     GO_VSN,
     Ack,
@@ -56,15 +58,6 @@ class Rng(Protocol):
         ...
 
 
-def rough_size(message: Packet) -> int:
-    """Return an upper estimate of `message`'s encoded size in bytes (the codec's stand-in)."""
-    if isinstance(message, Alive):
-        return 90 + len(message.node) + len(message.cluster_name) + len(message.meta or b"")
-    if isinstance(message, Suspect | Dead):
-        return 60 + len(message.node) + len(message.cluster_name) + len(message.from_)
-    return 64
-
-
 @dataclass(frozen=True, slots=True)
 class Config:
     """The fork's DefaultLANConfig with the Sidecar overrides (§5.1); durations in ns."""
@@ -88,7 +81,7 @@ class Config:
     gossip_to_the_dead_time: int = 30 * SECOND
     udp_buffer_size: int = 1400
     disable_tcp_pings: bool = False
-    measure: Callable[[Packet], int] = rough_size
+    measure: Callable[[Packet], int] = encoded_size
 
     def __post_init__(self) -> None:
         if len(self.vsn) != 6:
