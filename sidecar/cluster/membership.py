@@ -9,8 +9,15 @@ above (`Event`). Randomness comes in as a seeded generator (`Rng`) given at cons
 
 Bytes are not this module's: the codec measures messages (`Config.measure`, by default
 `codec.encoded_size`) so gossip can be packed into Go's 1,400-byte budget; addresses are raw
-IP bytes and a port, as Go stores them. User messages (type 8) are the node's; `receive`
-ignores them.
+IP bytes and a port, as Go stores them.
+
+User messages (type 8) carry the node's records: `receive` ignores them, `send_user` queues
+them. Gossip packs memberlist's broadcasts first, then user messages, in Go's 1,400-byte
+budget; pings, acks, indirect pings and nacks carry queued broadcasts too (piggybacking, as
+Go's `sendMsg`). Beyond Go, still wire-compatible: a queued user message goes to the gossip
+fanout at once (the eager push) and then on later gossip rounds up to its retransmit limit;
+a newer message under the same key replaces a queued one; and a message too large for any
+packet goes to the fanout as a TCP user message (`StreamSend`) instead of blocking the queue.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from sidecar.cluster.messages import (
     Ping,
     PushNodeState,
     Suspect,
+    User,
 )
 
 MS: Final = 1_000_000
@@ -42,6 +50,7 @@ UINT32: Final = 1 << 32
 META_MAX_SIZE: Final = 512
 COMPOUND_HEADER_OVERHEAD: Final = 2
 COMPOUND_PART_OVERHEAD: Final = 2
+MAX_COMPOUND_PARTS: Final = 255
 
 _T = TypeVar("_T")
 
@@ -81,6 +90,8 @@ class Config:
     gossip_to_the_dead_time: int = 30 * SECOND
     udp_buffer_size: int = 1400
     disable_tcp_pings: bool = False
+    user_retransmit_mult: int = 1
+    user_min_transmits: int = 2
     measure: Callable[[Packet], int] = encoded_size
 
     def __post_init__(self) -> None:
@@ -160,6 +171,14 @@ class TcpPing:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamSend:
+    """A user message too large for a packet, for the transport to send over TCP to `to`."""
+
+    to: Address
+    message: User
+
+
+@dataclass(frozen=True, slots=True)
 class Output:
     """What one input produced."""
 
@@ -168,6 +187,7 @@ class Output:
     events: tuple[Event, ...] = ()
     rejected: str | None = None
     """Why a push/pull was refused as a whole (then its user state must not be merged)."""
+    streams: tuple[StreamSend, ...] = ()
 
 
 @dataclass(slots=True)
@@ -175,16 +195,25 @@ class _Out:
     sends: list[Send] = field(default_factory=list)
     tcp_pings: list[TcpPing] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    streams: list[StreamSend] = field(default_factory=list)
 
     def freeze(self, rejected: str | None = None) -> Output:
-        return Output(tuple(self.sends), tuple(self.tcp_pings), tuple(self.events), rejected)
+        return Output(
+            tuple(self.sends),
+            tuple(self.tcp_pings),
+            tuple(self.events),
+            rejected,
+            tuple(self.streams),
+        )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Broadcast:
     node: str
-    message: Alive | Suspect | Dead
+    message: Alive | Suspect | Dead | User
     order: int
+    size: int
+    """What the message costs in a compound: its encoding and its 2-byte length."""
     transmits: int = 0
 
 
@@ -243,6 +272,14 @@ def retransmit_limit(config: Config, n: int) -> int:
     return config.retransmit_mult * math.ceil(math.log10(n + 1))
 
 
+def user_transmit_limit(config: Config, n: int) -> int:
+    """Return how many gossip rounds (the eager push included) a user message gets in a
+    cluster of `n` nodes: each round reaches `gossip_nodes` peers, and every peer that finds
+    the message new relays it the same way (Go's Sidecar relays once, reaching ~94 %)."""
+    scaled = config.user_retransmit_mult * math.ceil(math.log10(n + 1))
+    return max(config.user_min_transmits, scaled)
+
+
 def protocol_compatible(vsns: Iterable[tuple[bytes, bool]]) -> bool:
     """Return whether every (vsn, counts_for_range) is within the cluster's ranges (§4.3).
 
@@ -266,7 +303,17 @@ def protocol_compatible(vsns: Iterable[tuple[bytes, bool]]) -> bool:
 class Membership:
     """One node's SWIM membership: mutable, fed inputs with `now` (ns), returning `Output`s."""
 
-    def __init__(self, config: Config, rng: Rng, now: int, incarnation: int = 1) -> None:
+    def __init__(
+        self,
+        config: Config,
+        rng: Rng,
+        now: int,
+        incarnation: int = 1,
+        *,
+        members: Iterable[Member] = (),
+    ) -> None:
+        """Start as a member alone, or knowing `members` already (not gossiped: for a
+        simulation that starts from a cluster that has converged)."""
         self.config = config
         self._rng = rng
         self.incarnation = incarnation
@@ -279,6 +326,7 @@ class Membership:
         self._seq_no = 0
         self._order = 0
         self._queue: list[_Broadcast] = []
+        self._user_queue: dict[str, _Broadcast] = {}
         self._suspicions: dict[str, _Suspicion] = {}
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
@@ -295,6 +343,9 @@ class Membership:
             now,
         )
         self._add_member(me)
+        for member in members:
+            if member.name != config.name:
+                self._add_member(member)
         self._broadcast(self._own_alive())
 
     # ------------------------------------------------------------------ views
@@ -308,9 +359,10 @@ class Membership:
         """Return what is known of `name`, or None."""
         return self._members.get(name)
 
-    def queued(self) -> tuple[Alive | Suspect | Dead, ...]:
-        """Return the queued broadcasts in the order gossip would take them."""
-        return tuple(b.message for b in sorted(self._queue, key=_broadcast_key))
+    def queued(self) -> tuple[Alive | Suspect | Dead | User, ...]:
+        """Return the queued broadcasts in the order gossip would take them: memberlist's,
+        then the user messages."""
+        return tuple(b.message for b in self._ordered_broadcasts())
 
     def next_wakeup(self) -> int:
         """Return the latest `now` by which `tick` must be called next."""
@@ -339,7 +391,7 @@ class Membership:
             if now >= relay.deadline:
                 del self._relays[seq_no]
                 if relay.nack:
-                    out.sends.append(Send(relay.requester, (Nack(relay.seq_no),)))
+                    self._send_msg(relay.requester, Nack(relay.seq_no), out)
         for name, suspicion in list(self._suspicions.items()):
             if now >= suspicion.start + suspicion.timeout:
                 member = self._members.get(name)
@@ -365,18 +417,18 @@ class Membership:
         out = _Out()
         if isinstance(message, Ping):
             if message.node in ("", self.config.name):
-                out.sends.append(Send(source, (Ack(message.seq_no),)))
+                self._send_msg(source, Ack(message.seq_no), out)
         elif isinstance(message, IndirectPing):
             seq_no = self._next_seq()
             target = Address(message.target, message.port or self.config.port)
             self._relays[seq_no] = _Relay(
                 source, message.seq_no, message.nack, now + self.config.probe_timeout
             )
-            out.sends.append(Send(target, (Ping(seq_no, message.node),)))
+            self._send_msg(target, Ping(seq_no, message.node), out)
         elif isinstance(message, Ack):
             relay = self._relays.pop(message.seq_no, None)
             if relay is not None:
-                out.sends.append(Send(relay.requester, (Ack(relay.seq_no),)))
+                self._send_msg(relay.requester, Ack(relay.seq_no), out)
             elif self._probe is not None and message.seq_no == self._probe.seq_no:
                 self._finish_probe(now, succeeded=True, out=out)
         elif isinstance(message, Nack):
@@ -444,6 +496,37 @@ class Membership:
         self._members[self.config.name] = replace(me, incarnation=self.incarnation, meta=meta)
         self._broadcast(self._own_alive())
         return Output()
+
+    def send_user(self, messages: Iterable[tuple[str, bytes]], now: int) -> Output:
+        """Queue user messages `(key, payload)` for gossip and push them at once to the
+        gossip fanout (a newer message under a queued key replaces it). One too large for a
+        packet goes to the fanout over TCP instead (`Output.streams`)."""
+        out = _Out()
+        fresh: list[_Broadcast] = []
+        oversized: list[User] = []
+        budget = self.config.udp_buffer_size - COMPOUND_HEADER_OVERHEAD
+        for key, payload in messages:
+            message = User(payload)
+            size = self.config.measure(message) + COMPOUND_PART_OVERHEAD
+            self._user_queue.pop(key, None)
+            if size > budget:
+                oversized.append(message)
+                continue
+            self._order += 1
+            broadcast = _Broadcast(key, message, self._order, size)
+            self._user_queue[key] = broadcast
+            fresh.append(broadcast)
+        if not fresh and not oversized:
+            return Output()
+        targets = self._gossip_targets(now)
+        for message in oversized:
+            out.streams.extend(StreamSend(t.address, message) for t in targets)
+        if targets and fresh:
+            limit = user_transmit_limit(self.config, len(self._members))
+            fresh.sort(key=_broadcast_key)
+            for packet in self._pack(fresh, budget, limit):
+                out.sends.extend(Send(t.address, packet) for t in targets)
+        return out.freeze()
 
     def leave(self, now: int) -> Output:
         """Leave gracefully: queue `dead` about this node with `From` empty (§5.8, §7 step 3)
@@ -599,7 +682,7 @@ class Membership:
         seq_no = self._next_seq()
         ping = Ping(seq_no, target.name)
         if target.state is NodeState.ALIVE:
-            out.sends.append(Send(target.address, (ping,)))
+            self._send_msg(target.address, ping, out)
         else:
             suspect = Suspect(
                 target.incarnation, target.name, self.config.cluster_name, self.config.name
@@ -650,7 +733,7 @@ class Membership:
             nack = peer.protocol_max >= 4
             probe.expected_nacks += nack
             request = IndirectPing(probe.seq_no, target.addr, target.port, target.name, nack)
-            out.sends.append(Send(peer.address, (request,)))
+            self._send_msg(peer.address, request, out)
         if not self.config.disable_tcp_pings and target.protocol_max >= 3:
             probe.tcp_pending = True
             out.tcp_pings.append(
@@ -687,34 +770,81 @@ class Membership:
     # ------------------------------------------------------------------ gossip (§5.5)
 
     def _gossip(self, now: int, out: _Out) -> None:
-        targets = self._gossip_targets(now)
-        if not targets or not self._queue:
+        if not self._queue and not self._user_queue:
             return
-        limit = retransmit_limit(self.config, len(self._members))
+        targets = self._gossip_targets(now)
+        if not targets:
+            return
         budget = self.config.udp_buffer_size - COMPOUND_HEADER_OVERHEAD
-        remaining = sorted(self._queue, key=_broadcast_key)
+        packets = self._pack(self._ordered_broadcasts(), budget, None)
+        for target in targets:
+            for packet_messages in packets:
+                out.sends.append(Send(target.address, packet_messages))
+
+    def _pack(
+        self, candidates: list[_Broadcast], budget: int, user_limit: int | None
+    ) -> list[tuple[Packet, ...]]:
+        """Pack `candidates` (in order) into at most `gossip_messages` packets of `budget`
+        bytes, counting a transmit for each one packed and dropping those at their limit."""
+        n = len(self._members)
+        limit = retransmit_limit(self.config, n)
+        if user_limit is None:
+            user_limit = user_transmit_limit(self.config, n)
         packets: list[tuple[Packet, ...]] = []
+        remaining = candidates
         while remaining and len(packets) < self.config.gossip_messages:
             packet: list[Packet] = []
             used = 0
             left: list[_Broadcast] = []
             for broadcast in remaining:
-                size = self.config.measure(broadcast.message) + COMPOUND_PART_OVERHEAD
-                if used + size > budget:
+                if used + broadcast.size > budget or len(packet) >= MAX_COMPOUND_PARTS:
                     left.append(broadcast)
                     continue
-                used += size
+                used += broadcast.size
                 packet.append(broadcast.message)
-                broadcast.transmits += 1
-                if broadcast.transmits >= limit:
-                    self._queue.remove(broadcast)
+                self._transmitted(broadcast, limit, user_limit)
             if not packet:
                 break
             packets.append(tuple(packet))
             remaining = left
-        for target in targets:
-            for packet_messages in packets:
-                out.sends.append(Send(target.address, packet_messages))
+        return packets
+
+    def _transmitted(self, broadcast: _Broadcast, limit: int, user_limit: int) -> None:
+        broadcast.transmits += 1
+        if isinstance(broadcast.message, User):
+            done = broadcast.transmits >= user_limit
+            if done and self._user_queue.get(broadcast.node) is broadcast:
+                del self._user_queue[broadcast.node]
+        elif broadcast.transmits >= limit:
+            self._queue = [b for b in self._queue if b is not broadcast]
+
+    def _send_msg(self, to: Address, message: Packet, out: _Out) -> None:
+        """Send `message` to `to` with what queued broadcasts fit beside it (Go's `sendMsg`:
+        `1400 − len(msg) − 2` bytes left for the compound)."""
+        if not self._queue and not self._user_queue:
+            out.sends.append(Send(to, (message,)))
+            return
+        size = self.config.measure(message) + COMPOUND_PART_OVERHEAD
+        budget = self.config.udp_buffer_size - COMPOUND_HEADER_OVERHEAD - size
+        n = len(self._members)
+        limit = retransmit_limit(self.config, n)
+        user_limit = user_transmit_limit(self.config, n)
+        extra: list[Packet] = []
+        used = 0
+        for broadcast in self._ordered_broadcasts():
+            if used + broadcast.size > budget or len(extra) + 1 >= MAX_COMPOUND_PARTS:
+                continue
+            used += broadcast.size
+            extra.append(broadcast.message)
+            self._transmitted(broadcast, limit, user_limit)
+        out.sends.append(Send(to, (message, *extra)))
+
+    def _ordered_broadcasts(self) -> list[_Broadcast]:
+        """Return the queued broadcasts as gossip takes them: memberlist's first, then the
+        user messages, each fewest-sent and then newest first."""
+        ordered = sorted(self._queue, key=_broadcast_key)
+        ordered.extend(sorted(self._user_queue.values(), key=_broadcast_key))
+        return ordered
 
     def _gossip_targets(self, now: int) -> list[Member]:
         def qualifies(m: Member) -> bool:
@@ -729,7 +859,8 @@ class Membership:
     def _broadcast(self, message: Alive | Suspect | Dead) -> None:
         self._queue = [b for b in self._queue if b.node != message.node]
         self._order += 1
-        self._queue.append(_Broadcast(message.node, message, self._order))
+        size = self.config.measure(message) + COMPOUND_PART_OVERHEAD
+        self._queue.append(_Broadcast(message.node, message, self._order, size))
 
     # ------------------------------------------------------------------ helpers
 

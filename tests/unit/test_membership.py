@@ -13,11 +13,14 @@ from sidecar.cluster.membership import (
     Address,
     Config,
     EventKind,
+    Member,
     Membership,
     Output,
+    StreamSend,
     retransmit_limit,
     suspicion_bounds,
     suspicion_timeout,
+    user_transmit_limit,
 )
 from sidecar.cluster.messages import (
     GO_VSN,
@@ -31,6 +34,7 @@ from sidecar.cluster.messages import (
     Ping,
     PushNodeState,
     Suspect,
+    User,
 )
 
 CLUSTER = "default"
@@ -298,8 +302,8 @@ def first_probe(m: Membership) -> tuple[int, Address, Ping]:
 def test_ping_is_answered_to_its_source_and_a_ping_for_another_name_is_not() -> None:
     m = make()
     out = m.receive(Ping(34, "me"), addr(5), T0)
-    assert [(s.to, s.messages) for s in out.sends] == [(addr(5), (Ack(34),))]
-    assert m.receive(Ping(35, ""), addr(5), T0).sends[0].messages == (Ack(35),)
+    assert [(s.to, s.messages[0]) for s in out.sends] == [(addr(5), Ack(34))]
+    assert m.receive(Ping(35, ""), addr(5), T0).sends[0].messages[0] == Ack(35)
     assert m.receive(Ping(36, "other"), addr(5), T0).sends == ()
 
 
@@ -388,17 +392,17 @@ def test_relay_pings_the_target_and_forwards_the_ack_or_nacks() -> None:
     out = m.receive(request, addr(5), T0)
     [send] = out.sends
     assert send.to == addr(8)
-    [relayed] = send.messages
+    relayed = send.messages[0]
     assert isinstance(relayed, Ping)
     assert relayed.node == "t"
     forwarded = m.receive(Ack(relayed.seq_no), addr(8), T0 + 100 * MS)
-    assert [(s.to, s.messages) for s in forwarded.sends] == [(addr(5), (Ack(77),))]
+    assert [(s.to, s.messages[0]) for s in forwarded.sends] == [(addr(5), Ack(77))]
 
     second = m.receive(request, addr(5), T0 + SECOND).sends[0].messages[0]
     assert isinstance(second, Ping)
     assert m.tick(T0 + SECOND + 499 * MS).sends == ()
     nacked = m.tick(T0 + SECOND + 500 * MS)
-    assert [(s.to, s.messages) for s in nacked.sends] == [(addr(5), (Nack(77),))]
+    assert [(s.to, s.messages[0]) for s in nacked.sends] == [(addr(5), Nack(77))]
 
 
 def test_relay_without_nack_stays_silent_and_port_zero_means_ours() -> None:
@@ -431,6 +435,79 @@ def test_gossip_sends_each_broadcast_retransmit_limit_times_to_three_nodes() -> 
 def test_retransmit_limit_grows_with_log_n() -> None:
     config = Config(name="me", addr=ip(1), port=7946)
     assert [retransmit_limit(config, n) for n in (1, 9, 10, 99, 100, 999)] == [4, 4, 8, 8, 12, 12]
+
+
+def test_acks_pings_and_relays_carry_queued_broadcasts_within_the_budget() -> None:
+    m = make()
+    with_peers(m, 3)  # 4 alives queued: ours and the three learnt
+    queued = m.queued()
+    out = m.receive(Ping(34, "me"), addr(5), T0)
+    [send] = out.sends
+    assert send.messages[0] == Ack(34)
+    assert set(send.messages[1:]) == set(queued)
+    # A broadcast is counted as sent when it rides on an ack: n = 4, limit 4.
+    for seq in range(35, 38):
+        m.receive(Ping(seq, "me"), addr(5), T0)
+    assert m.receive(Ping(38, "me"), addr(5), T0).sends[0].messages == (Ack(38),)
+    assert m.queued() == ()
+
+    big = make()
+    with_peers(big, 3)
+    payloads = [(f"k{i}", bytes(600)) for i in range(3)]
+    big.send_user(payloads, T0)
+    ack = big.receive(Ping(1, "me"), addr(5), T0).sends[0].messages
+    assert sum(len(m_.payload) + 5 for m_ in ack if isinstance(m_, User)) < 1400
+
+
+def test_user_messages_go_to_the_fanout_at_once_then_on_gossip_rounds_up_to_the_limit() -> None:
+    peers = [
+        Member(f"p{i}", ip(i), 7946, b"m", GO_VSN, 1, NodeState.ALIVE, T0) for i in range(2, 12)
+    ]
+    m = Membership(Config(name="me", addr=ip(1), port=7946), random.Random(0), T0, members=peers)
+    limit = user_transmit_limit(m.config, 11)
+    assert limit == 2
+    out = m.send_user([("web", b"v1")], T0)
+    assert len({s.to for s in out.sends}) == 3
+    assert all(s.messages == (User(b"v1"),) for s in out.sends)
+    later = run(m, T0 + 900 * MS, start=T0 + 1)
+    sends = [(t, msg) for t, _, msg in later.messages() if isinstance(msg, User)]
+    assert len(sends) == 3 * (limit - 1)  # one more round to three nodes, then dropped
+    assert [q for q in m.queued() if isinstance(q, User)] == []
+
+
+def test_a_newer_user_message_replaces_the_queued_one_under_its_key() -> None:
+    m = make()
+    m.send_user([("web", b"v1"), ("api", b"a1")], T0)  # alone: nobody to send to yet
+    m.send_user([("web", b"v2")], T0)
+    assert [q for q in m.queued() if isinstance(q, User)] == [User(b"v2"), User(b"a1")]
+
+
+def test_user_messages_follow_memberlist_broadcasts_in_a_gossip_packet() -> None:
+    m = make()
+    with_peers(m, 3)
+    m.send_user([("web", b"v1")], T0)
+    gossip = m.tick(T0 + 200 * MS).sends[0].messages
+    assert isinstance(gossip[0], Alive)
+    assert gossip[-1] == User(b"v1")
+
+
+def test_a_user_message_too_large_for_a_packet_goes_over_tcp_and_blocks_nothing() -> None:
+    m = make()
+    with_peers(m, 5)
+    out = m.send_user([("huge", bytes(1500)), ("small", b"s")], T0)
+    assert len(out.streams) == 3
+    assert all(isinstance(s, StreamSend) and s.message == User(bytes(1500)) for s in out.streams)
+    assert all(s.messages == (User(b"s"),) for s in out.sends)
+    assert User(bytes(1500)) not in m.queued()
+
+
+def test_a_membership_may_start_from_a_converged_member_list() -> None:
+    peers = [
+        Member(f"p{i}", ip(i), 7946, b"m", GO_VSN, 1, NodeState.ALIVE, T0) for i in range(2, 6)
+    ]
+    m = Membership(Config(name="me", addr=ip(1), port=7946), random.Random(0), T0, members=peers)
+    assert set(m.members) == {"me", "p2", "p3", "p4", "p5"}
+    assert [q.node for q in m.queued() if isinstance(q, Alive)] == ["me"]
 
 
 # ---------------------------------------------------------------- push/pull (§4.3)
