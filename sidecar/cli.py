@@ -42,8 +42,15 @@ def _fraction(text: str) -> float:
 
 def _node_count(text: str) -> int:
     value = int(text)
-    if not 2 <= value <= 50:
-        raise argparse.ArgumentTypeError(f"--nodes must be 2..50, got {text}")
+    if not 2 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"--nodes must be 2..10000, got {text}")
+    return value
+
+
+def _duration_seconds(text: str) -> int:
+    value = int(text)
+    if not 30 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"--duration must be 30..3600 seconds, got {text}")
     return value
 
 
@@ -55,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--nodes", type=_node_count, default=5, help="hosts in the cluster (5)")
     sim.add_argument("--loss", type=_fraction, default=0.2, help="UDP packet loss, 0..1 (0.2)")
     sim.add_argument("--seed", type=int, default=1, help="random seed (1)")
+    sim.add_argument(
+        "--duration", type=_duration_seconds, default=60, help="virtual seconds to run (60)"
+    )
     disc = commands.add_parser(
         "discover", help="discover and health-check this host's services, live (Ctrl-C stops)"
     )
@@ -83,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "discover":
         return _discover(args)
     if args.command == "simulate":
-        for line in simulate.run(args.nodes, loss=args.loss, seed=args.seed):
+        lines = simulate.run(args.nodes, loss=args.loss, seed=args.seed, duration=args.duration)
+        for line in lines:
             print(line, flush=True)
         return 0
     if args.command == "plan":

@@ -24,57 +24,75 @@ _LITERALS: Final = tuple(bytes([i]) for i in range(256))
 def compress(data: bytes, *, leading_clear: bool = True) -> bytes:
     """Return `data` LZW-compressed as Go's writer does (Go ≥ 1.17 opens with a Clear code;
     `leading_clear=False` gives the older form, which Go decodes as well)."""
-    out = bytearray()
-    bits = 0
-    nbits = 0
-
-    def write(code: int, width: int) -> None:
-        nonlocal bits, nbits
-        bits |= code << nbits
-        nbits += width
-        while nbits >= 8:
-            out.append(bits & 0xFF)
-            bits >>= 8
-            nbits -= 8
-
+    # Codes are gathered with their widths and packed once at the end: one call per code
+    # was most of the time spent here.
+    codes: list[int] = []
+    widths: list[int] = []
+    emit_code = codes.append
+    emit_width = widths.append
     width = _LITERAL_WIDTH + 1
     overflow = 1 << width
     hi = EOF
     table: dict[int, int] = {}
+    lookup = table.get
     if leading_clear:
-        write(CLEAR, width)
+        emit_code(CLEAR)
+        emit_width(width)
     if data:
         code = data[0]
         for literal in data[1:]:
             key = code << 8 | literal
-            known = table.get(key)
+            known = lookup(key)
             if known is not None:
                 code = known
                 continue
-            write(code, width)
+            emit_code(code)
+            emit_width(width)
             code = literal
             hi += 1
             if hi == overflow:
                 width += 1
                 overflow <<= 1
             if hi == _MAX_CODE:
-                write(CLEAR, width)
+                emit_code(CLEAR)
+                emit_width(width)
                 width = _LITERAL_WIDTH + 1
                 overflow = 1 << width
                 hi = EOF
                 table.clear()
                 continue
             table[key] = hi
-        write(code, width)
+        emit_code(code)
+        emit_width(width)
         hi += 1
         if hi == overflow:
             width += 1
         if hi == _MAX_CODE:
-            write(CLEAR, width)
+            emit_code(CLEAR)
+            emit_width(width)
             width = _LITERAL_WIDTH + 1
-    write(EOF, width)
-    if nbits:
+    emit_code(EOF)
+    emit_width(width)
+    return _pack_lsb(codes, widths)
+
+
+def _pack_lsb(codes: list[int], widths: list[int]) -> bytes:
+    """Return `codes` of the given bit `widths` packed least significant bit first, the last
+    byte zero-padded."""
+    out = bytearray()
+    bits = 0
+    nbits = 0
+    for code, width in zip(codes, widths, strict=True):
+        bits |= code << nbits
+        nbits += width
+        if nbits >= 16:
+            out += (bits & 0xFFFF).to_bytes(2, "little")
+            bits >>= 16
+            nbits -= 16
+    while nbits > 0:
         out.append(bits & 0xFF)
+        bits >>= 8
+        nbits -= 8
     return bytes(out)
 
 

@@ -882,10 +882,22 @@ class Membership:
         return self._seq_no
 
     def _random_members(self, k: int, keep: Callable[[Member], bool]) -> list[Member]:
-        candidates = [m for m in self._members.values() if keep(m)]
+        """Return up to `k` distinct members that `keep`, drawn as Go's `kRandomNodes`
+        draws them: random picks, at most 3n of them (O(k) in a large healthy cluster)."""
+        names = self._probe_order
+        n = len(names)
         chosen: list[Member] = []
-        while candidates and len(chosen) < k:
-            chosen.append(candidates.pop(self._rng.randrange(len(candidates))))
+        picked: set[str] = set()
+        for _ in range(3 * n):
+            if len(chosen) >= k:
+                break
+            name = names[self._rng.randrange(n)]
+            if name in picked:
+                continue
+            member = self._members[name]
+            if keep(member):
+                picked.add(name)
+                chosen.append(member)
         return chosen
 
 

@@ -11,19 +11,37 @@ from tests.unit.test_codec import GO_SERVICE
 
 
 def test_the_simulated_cluster_converges_and_reports_every_step():
-    lines = list(simulate.run(4, loss=0.3, seed=3))
-    steps = [line for line in lines if "reached every live node" in line]
-    assert len(steps) == 4
-    assert not any("never" in line for line in steps)
-    assert any("same services and statuses: True" in line for line in lines)
-    # node3 crashed: nothing of it is routed; the three live hosts serve every service
-    routes = lines[lines.index(next(x for x in lines if x.startswith("Routing table"))) + 1 :]
+    lines = list(simulate.run(6, loss=0.3, seed=3))
+    steps = [line for line in lines if line.startswith("  ") and " s" in line[-3:]]
+    labels = [
+        "containers start",
+        "fails its health check",
+        "stops",
+        "node4 leaves",
+        "node5 crashes: suspected",
+        "node5 crashes: declared dead",
+        "node5's services tombstoned",
+    ]
+    assert [next(label for label in labels if label in step) for step in steps] == labels
+    assert not any("never" in step for step in steps)
+    summary = next(line for line in lines if "every live host shows the same services" in line)
+    assert "services: True" in summary
+    assert "4 hosts up" in summary
+    assert "rejected input 0" in summary
+    # node5 crashed: nothing of it is routed; node0 and node1 serve every service but web
+    table = lines.index("Routing table (the HAProxy frontends every live host would serve):")
+    routes = [line for line in lines[table + 1 :] if not line.startswith("wall time")]
     assert len(routes) == 3
-    assert all("node3-" not in route for route in routes)
+    assert all("node5-" not in route for route in routes)
+    assert sum(route.count("node") for route in routes) == 5
 
 
 def test_simulate_is_deterministic_for_a_seed():
-    assert list(simulate.run(3, loss=0.2, seed=5)) == list(simulate.run(3, loss=0.2, seed=5))
+    def report(seed: int) -> list[str]:
+        return [x for x in simulate.run(5, loss=0.2, seed=seed) if not x.startswith("wall time")]
+
+    assert report(5) == report(5)
+    assert report(5) != report(6)
 
 
 def test_decode_prints_a_go_document_back_byte_for_byte(capsys, monkeypatch, tmp_path):
