@@ -54,7 +54,7 @@ def propagation(nodes: int, loss: float, seed: int, count: int) -> Iterator[str]
         since = sim.now
         service = sim.start(origin, f"svc{i}", 8000 + i, 30000 + i)
         key = (origin.name, service.id, Status.ALIVE)
-        sim.run_until(since + 5 * S, done=lambda: len(sim.seen.get(key, {})) >= nodes)
+        sim.run_until(since + 5 * S, done=lambda key=key: len(sim.seen.get(key, {})) >= nodes)
         reached = sim.reached(key, since)
         yield f"    service {i} from {origin.name}: {spread(reached, nodes)}"
         mark = quantile(reached, 0.999, nodes)

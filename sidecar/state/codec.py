@@ -24,9 +24,7 @@ import pydantic
 
 from sidecar.state import times
 from sidecar.state.model import (
-    NEVER,
     ClusterState,
-    Entry,
     Port,
     Server,
     Service,
@@ -95,7 +93,7 @@ def encode_service(service: Service) -> bytes:
 def server_json(server: Server) -> str:
     """Return one server as Go's compact JSON text."""
     services = ",".join(
-        f"{quote(service_id)}:{service_json(server.entries[service_id].effective)}"
+        f"{quote(service_id)}:{service_json(server.entries[service_id])}"
         for service_id in sorted(server.entries)
     )
     return (
@@ -287,7 +285,7 @@ def _server_from_object(key: str, obj: object) -> Server:
     if not isinstance(services_obj, dict):
         raise RecordRejected(f"Server {key!r}.services: expected an object")
     entries = {
-        service_id: _snapshot_entry(_service_from_object(value))
+        service_id: _service_from_object(value)
         for service_id, value in services_obj.items()
         if value is not None
     }
@@ -299,14 +297,9 @@ def _server_from_object(key: str, obj: object) -> Server:
     )
 
 
-def _snapshot_entry(service: Service) -> Entry:
-    drained = service.updated if service.status is Status.DRAINING else NEVER
-    return Entry(record=service, drained=drained, cleared=NEVER, effective=service)
-
-
 def records_of(state: ClusterState) -> Iterable[Service]:
     """Yield every record of a decoded state, for merging it record by record."""
     for name in sorted(state.servers):
         server = state.servers[name]
         for service_id in sorted(server.entries):
-            yield server.entries[service_id].effective
+            yield server.entries[service_id]

@@ -5,19 +5,20 @@ what happened (change events, records to send). No I/O, no clock.
 
 Theory of operation
 -------------------
-A record is identified by `(hostname, id)`. What a node keeps for it is an `Entry`, and
-merging a received record into an entry is a *join* (commutative, associative, idempotent),
-so nodes that receive the same records in any order, any grouping and any number of times
-end up with the same entries:
+A record is identified by `(hostname, id)`. A node keeps the greatest version it received,
+and merging a received record is a *join* (commutative, associative, idempotent), so nodes
+that receive the same records in any order, any grouping and any number of times end up
+with the same records:
 
-* `record` is the greatest version under a total order: newer `updated` wins (Go's rule);
-  on equal `updated`, the higher status rank wins (`_RANK`: the more cautious status), then
-  the greater Go JSON text. Go keeps "first seen" on ties, which makes nodes disagree.
-* DRAINING is sticky against a newer ALIVE (Go's rule), and UNHEALTHY, UNKNOWN or TOMBSTONE
-  clear it. Go applies this to the stored record only, so the outcome depends on arrival
-  order. We keep two marks instead, the newest DRAINING and the newest clearing version
-  seen, both joined by `max`: an ALIVE record is shown as DRAINING when the newest drain is
-  newer than the newest clear. That is Go's in-order result, reached in any order.
+* the greatest version under a total order: newer `updated` wins (Go's rule); on equal
+  `updated`, the higher status rank wins (`_RANK`: the more cautious status), then the
+  greater Go JSON text. Go keeps "first seen" on ties, which makes nodes disagree.
+* A drain is sticky at its owner only: `stamp` keeps an own DRAINING record DRAINING while
+  the service is observed ALIVE, and only UNHEALTHY, UNKNOWN or gone undoes it. So an owner
+  sends ALIVE after DRAINING only once the drain was undone, and a receiver takes the newer
+  version as it is. Go also keeps a stored DRAINING against a newer ALIVE *on receipt*;
+  a peer that missed the undoing version (lost, or reordered) then showed — and relayed,
+  back to the owner too — DRAINING for a healthy service for good. We do not.
 * Records older than the tombstone lifespan plus a minute are dropped (Go's stale guard).
 
 A node relays a received record (once, as Go retransmits) when the record it shows for that
@@ -34,11 +35,8 @@ from typing import Final
 
 from sidecar.state import codec
 from sidecar.state.model import (
-    CLEARING_STATUSES,
-    NEVER,
     ChangeEvent,
     ClusterState,
-    Entry,
     Server,
     Service,
     Status,
@@ -79,50 +77,13 @@ def precedes(older: Service, newer: Service) -> bool:
     return codec.service_json(older) < codec.service_json(newer)
 
 
-def shown(record: Service, *, drained: int, cleared: int) -> Service:
-    """Return the record as this node shows it: DRAINING if ALIVE and drained since cleared.
+def join(a: Service, b: Service) -> Service:
+    """Return the greater of two versions of a record (their least upper bound).
 
-    Pure.
+    Pure. Commutative, associative and idempotent; returns `a` itself when `b` adds nothing,
+    so callers can test for change with `is`.
     """
-    if record.status is Status.ALIVE and drained > cleared:
-        return record.with_status(Status.DRAINING, updated=record.updated)
-    return record
-
-
-def lift(record: Service) -> Entry:
-    """Return the entry of a node that has seen only `record`.
-
-    Pure.
-    """
-    drained = record.updated if record.status is Status.DRAINING else NEVER
-    cleared = record.updated if record.status in CLEARING_STATUSES else NEVER
-    return Entry(record=record, drained=drained, cleared=cleared, effective=record)
-
-
-def join(a: Entry, b: Entry) -> Entry:
-    """Return what a node knows after knowing both `a` and `b` (their least upper bound).
-
-    Pure. Commutative, associative and idempotent: `record` is the greater record, the marks
-    are the greater marks, and `effective` follows from them. Returns `a` itself (or `b`)
-    when the join adds nothing to it, so callers can test for change with `is`.
-    """
-    best = b.record if precedes(a.record, b.record) else a.record
-    drained = max(a.drained, b.drained)
-    cleared = max(a.cleared, b.cleared)
-    for known in (a, b):
-        if best is known.record and drained == known.drained and cleared == known.cleared:
-            return known
-    effective = shown(best, drained=drained, cleared=cleared)
-    for known in (a, b):
-        previous = known.effective
-        if (
-            effective.updated == previous.updated
-            and effective.status == previous.status
-            and effective == previous
-        ):
-            effective = previous
-            break
-    return Entry(record=best, drained=drained, cleared=cleared, effective=effective)
+    return b if precedes(a, b) else a
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,20 +100,20 @@ class _Changes:
 
     def __init__(self, state: ClusterState) -> None:
         self.state = state
-        self.entries: dict[str, dict[str, Entry]] = {}
+        self.entries: dict[str, dict[str, Service]] = {}
         self.meta: dict[str, tuple[int, int]] = {}
         self.last_changed = state.last_changed
         self.events: list[ChangeEvent] = []
         self.relay: list[Service] = []
 
-    def entry(self, hostname: str, service_id: str) -> Entry | None:
+    def entry(self, hostname: str, service_id: str) -> Service | None:
         edited = self.entries.get(hostname)
         if edited is not None:
             return edited.get(service_id)
         server = self.state.servers.get(hostname)
         return None if server is None else server.entries.get(service_id)
 
-    def _edit(self, hostname: str) -> dict[str, Entry]:
+    def _edit(self, hostname: str) -> dict[str, Service]:
         edited = self.entries.get(hostname)
         if edited is None:
             server = self.state.servers.get(hostname)
@@ -163,29 +124,25 @@ class _Changes:
             )
         return edited
 
-    def learn(self, record: Service) -> Entry | None:
-        """Join `record` into its entry; record the event and relay. Return the new entry."""
+    def learn(self, record: Service) -> Service | None:
+        """Join `record` into what is known; record the event and relay. Return the record
+        if it was news, else None."""
         hostname, service_id = record.hostname, record.id
         before = self.entry(hostname, service_id)
-        after = lift(record) if before is None else join(before, lift(record))
+        after = record if before is None else join(before, record)
         if after is before:
             return None
         self._edit(hostname)[service_id] = after
         last_updated, last_changed = self.meta[hostname]
-        if before is None or after.record is not before.record:
-            last_updated = max(last_updated, after.record.updated)
-        shown_now = after.effective
-        if before is None or shown_now.status != before.effective.status:
-            previous = Status.UNKNOWN if before is None else before.effective.status
-            self.events.append(ChangeEvent(shown_now, previous, shown_now.updated))
-            last_changed = max(last_changed, shown_now.updated)
-            last_updated = max(last_updated, shown_now.updated)
-            self.last_changed = max(self.last_changed, shown_now.updated)
+        last_updated = max(last_updated, after.updated)
+        if before is None or after.status != before.status:
+            previous = Status.UNKNOWN if before is None else before.status
+            self.events.append(ChangeEvent(after, previous, after.updated))
+            last_changed = max(last_changed, after.updated)
+            self.last_changed = max(self.last_changed, after.updated)
         self.meta[hostname] = (last_updated, last_changed)
-        if hostname != self.state.hostname and (
-            before is None or shown_now is not before.effective
-        ):
-            self.relay.append(shown_now)
+        if hostname != self.state.hostname:
+            self.relay.append(after)
         return after
 
     def delete(self, hostname: str, service_id: str) -> None:
@@ -279,7 +236,7 @@ def stamp(
         if observation.hostname == state.hostname:
             seen.add(observation.id)
         entry = changes.entry(observation.hostname, observation.id)
-        last = None if entry is None else entry.effective
+        last = entry
         wanted = observation
         if last is not None and last.status is Status.DRAINING and wanted.status is Status.ALIVE:
             wanted = wanted.with_status(Status.DRAINING, updated=wanted.updated)
@@ -288,10 +245,9 @@ def stamp(
     own = state.servers.get(state.hostname)
     if own is not None:
         for service_id, entry in own.entries.items():
-            if service_id not in seen and entry.effective.status is not Status.TOMBSTONE:
-                last = entry.effective
+            if service_id not in seen and entry.status is not Status.TOMBSTONE:
                 changes.learn(
-                    last.with_status(Status.TOMBSTONE, updated=_next_version(last, now=now))
+                    entry.with_status(Status.TOMBSTONE, updated=_next_version(entry, now=now))
                 )
     result = changes.result()
     return MergeResult(result.state, result.events)
@@ -326,8 +282,7 @@ def expire(state: ClusterState, *, now: int) -> MergeResult:
     changes = _Changes(state)
     expired: list[Service] = []
     for hostname, server in state.servers.items():
-        for service_id, entry in server.entries.items():
-            record = entry.effective
+        for service_id, record in server.entries.items():
             if record.status is Status.TOMBSTONE:
                 if record.updated < now - TOMBSTONE_LIFESPAN:
                     changes.delete(hostname, service_id)
@@ -339,7 +294,7 @@ def expire(state: ClusterState, *, now: int) -> MergeResult:
                 )
                 after = changes.learn(tombstone)
                 if after is not None:
-                    expired.append(after.effective)
+                    expired.append(after)
     result = changes.result()
     return MergeResult(result.state, result.events, tuple(expired))
 
@@ -355,8 +310,7 @@ def tombstone_node(state: ClusterState, hostname: str, *, now: int) -> MergeResu
     if server is None or hostname == state.hostname:
         return MergeResult(state)
     changes = _Changes(state)
-    for entry in server.entries.values():
-        record = entry.effective
+    for record in server.entries.values():
         if record.status is not Status.TOMBSTONE:
             changes.learn(
                 record.with_status(Status.TOMBSTONE, updated=_next_version(record, now=now))

@@ -110,40 +110,21 @@ class Service:
 NEVER: Final = ZERO_TIME - 1
 """A time older than any a record can carry: "no such version seen"."""
 
-CLEARING_STATUSES: Final = frozenset({Status.UNHEALTHY, Status.UNKNOWN, Status.TOMBSTONE})
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """What this node knows about one record: the greatest version, and drain marks.
-
-    `record` is the greatest version received (by `merge.precedes`). `drained` is the newest
-    `updated` of a DRAINING version seen, `cleared` the newest of an UNHEALTHY, UNKNOWN or
-    TOMBSTONE version (`NEVER` when none). Together they make DRAINING sticky against newer
-    ALIVE versions (Go's rule) while keeping merge a join: an ALIVE record is shown as
-    DRAINING when a drain was seen that nothing has cleared since. `effective` is that
-    shown record: what views, the API and peers get.
-    """
-
-    record: Service
-    drained: int
-    cleared: int
-    effective: Service
-
 
 @dataclass(frozen=True, slots=True)
 class Server:
     """The records of one host (Go `catalog.Server`), keyed by service ID."""
 
     name: str
-    entries: Mapping[str, Entry] = field(default_factory=dict)
+    entries: Mapping[str, Service] = field(default_factory=dict)
+    """Service ID -> the greatest version of that record received (by `merge.precedes`)."""
     last_updated: int = UNIX_EPOCH
     last_changed: int = UNIX_EPOCH
 
     def services(self) -> Iterator[Service]:
-        """Yield the effective record of every entry, in ID order."""
+        """Yield every record, in ID order."""
         for service_id in sorted(self.entries):
-            yield self.entries[service_id].effective
+            yield self.entries[service_id]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,20 +140,17 @@ class ClusterState:
     last_changed: int = UNIX_EPOCH
 
     def get(self, hostname: str, service_id: str) -> Service | None:
-        """Return the effective record for (hostname, id), or None."""
+        """Return the record for (hostname, id), or None."""
         server = self.servers.get(hostname)
-        if server is None:
-            return None
-        entry = server.entries.get(service_id)
-        return None if entry is None else entry.effective
+        return None if server is None else server.entries.get(service_id)
 
     def records(self) -> Iterator[Service]:
-        """Yield every effective record, servers and IDs in sorted order."""
+        """Yield every record, servers and IDs in sorted order."""
         for hostname in sorted(self.servers):
             yield from self.servers[hostname].services()
 
     def own_records(self) -> Iterator[Service]:
-        """Yield this node's own effective records, in ID order."""
+        """Yield this node's own records, in ID order."""
         server = self.servers.get(self.hostname)
         if server is not None:
             yield from server.services()

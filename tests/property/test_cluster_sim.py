@@ -380,7 +380,7 @@ class ClusterSim(RuleBasedStateMachine):
             if self.cluster[observer].alive and not self.cluster[dead].alive:
                 server = self.cluster[observer].state.servers.get(dead)
                 for entry in server.entries.values() if server else ():
-                    assert entry.effective.status is Status.TOMBSTONE, (observer, entry.effective)
+                    assert entry.status is Status.TOMBSTONE, (observer, entry)
 
     # ------------------------------------------------------------------ convergence
 

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.state import merge
-from sidecar.state.model import ClusterState, Entry, Service
+from sidecar.state.model import ClusterState, Service
 from tests.property import strategies
 
 NOW = strategies.BASE
@@ -16,14 +16,14 @@ entries = st.lists(strategies.records(hosts=("h",), ids=("x",)), min_size=1, max
 )
 
 
-def _fold_entry(records: list[Service]) -> Entry:
-    entry = merge.lift(records[0])
+def _fold_entry(records: list[Service]) -> Service:
+    entry = records[0]
     for record in records[1:]:
-        entry = merge.join(entry, merge.lift(record))
+        entry = merge.join(entry, record)
     return entry
 
 
-def _entries(state: ClusterState) -> dict[tuple[str, str], Entry]:
+def _entries(state: ClusterState) -> dict[tuple[str, str], Service]:
     return {
         (hostname, service_id): entry
         for hostname, server in state.servers.items()
@@ -31,7 +31,7 @@ def _entries(state: ClusterState) -> dict[tuple[str, str], Entry]:
     }
 
 
-def _merged(records: list[Service]) -> dict[tuple[str, str], Entry]:
+def _merged(records: list[Service]) -> dict[tuple[str, str], Service]:
     return _entries(merge.merge_records(ClusterState(hostname="me"), records, now=NOW).state)
 
 

@@ -138,3 +138,13 @@ def test_a_json_log_record_is_one_line_whatever_its_values_carry(capsys, root_lo
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1, lines
     assert json.loads(lines[0])["message"] == "service web\n2026-01-01 INFO forged\u2028x"
+
+
+def test_a_cluster_of_150_hosts_converges_and_detects_a_crash():
+    lines = list(simulate.run(150, loss=0.1, seed=2, duration=40))
+    steps = [line for line in lines if line.startswith("  ") and " s" in line[-3:]]
+    assert len(steps) == 7
+    assert not any("never" in step for step in steps)
+    summary = next(line for line in lines if "every live host shows the same services" in line)
+    assert "services: True" in summary
+    assert "148 hosts up" in summary

@@ -177,7 +177,7 @@ ODD_BETA_TOMBSTONE = _service(
 def _server(name: str, *records: Service, last_updated: int) -> Server:
     return Server(
         name=name,
-        entries={r.id: merge.lift(r) for r in records},
+        entries={r.id: r for r in records},
         last_updated=last_updated,
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.state import merge, times
+from sidecar.state import merge, node, times
 from sidecar.state.model import ClusterState, Port, Service, Status
 
 S = times.NANOS_PER_SECOND
@@ -95,14 +95,19 @@ def test_same_record_twice_changes_nothing_the_second_time():
     assert result.relay == result.events == ()
 
 
-def test_draining_is_sticky_against_a_newer_alive():
+def test_a_newer_alive_is_taken_as_it_is_after_a_drain():
+    # Owners keep their own drain (stamp): an ALIVE newer than a DRAINING means the owner
+    # undid it. Go keeps DRAINING on receipt here, which a reordered or lost UNHEALTHY in
+    # between turned into a drain that never ends.
     state = state_with(record(at=T0, status=Status.DRAINING))
     result = merge.merge_record(state, record(at=T0 + 10, port=33000), now=T0)
     shown = result.state.get("peer", "abc123abc123")
-    assert shown.status is Status.DRAINING
+    assert shown.status is Status.ALIVE
     assert shown.updated == T0 + 10
     assert shown.ports[0].port == 33000
-    assert result.events == ()
+    assert [(e.previous_status, e.service.status) for e in result.events] == [
+        (Status.DRAINING, Status.ALIVE)
+    ]
     assert result.relay == (shown,)
 
 
@@ -114,12 +119,23 @@ def test_unhealthy_clears_draining_and_a_later_alive_is_alive_again():
     assert state.get("peer", "abc123abc123").status is Status.ALIVE
 
 
-def test_draining_sticks_whatever_order_the_drain_and_the_alive_arrive_in():
-    drain, alive = record(at=T0, status=Status.DRAINING), record(at=T0 + 10)
-    in_order = state_with(drain, alive).get("peer", drain.id)
-    reordered = state_with(alive, drain).get("peer", drain.id)
-    assert in_order == reordered
-    assert in_order.status is Status.DRAINING
+def test_a_drain_undone_at_its_owner_ends_everywhere_whatever_peers_missed():
+    owner, peer = node.Node.start("owner"), node.Node.start("peer")
+    alive = record(host="owner", at=T0)
+    owner = node.observe(owner, [alive], now=T0).node
+    peer = node.receive(peer, owner.state.own_records(), now=T0).node
+    owner = node.drain(owner, alive.id, now=T0 + 1).node
+    drained = list(owner.state.own_records())
+    owner = node.observe(owner, [alive.with_status(Status.UNHEALTHY, updated=0)], now=T0 + 2).node
+    owner = node.observe(owner, [alive], now=T0 + 3).node
+    assert owner.state.get("owner", alive.id).status is Status.ALIVE
+    # The peer got the drain and the ALIVE, never the UNHEALTHY in between.
+    step = node.receive(peer, [*drained, *owner.state.own_records()], now=T0 + 4)
+    assert step.node.state.get("owner", alive.id).status is Status.ALIVE
+    # What it relays does not bring the drain back to its owner.
+    owner = node.receive(owner, step.send, now=T0 + 5).node
+    owner = node.observe(owner, [alive], now=T0 + 6).node
+    assert owner.state.get("owner", alive.id).status is Status.ALIVE
 
 
 def test_stale_records_are_dropped_from_every_source():
