@@ -160,8 +160,8 @@ class Cluster:
             self._tcp_user(host, stream.to, stream.data)
         for ping in out.tcp_pings:
             self._tcp_ping(host, ping.to, ping.ping.seq_no, ping.deadline)
-        if out.push_pull is not None:
-            self._push_pull(host, out.push_pull, join=False)
+        for target in out.push_pulls:
+            self._push_pull(host, target, join=False)
         for change in out.changes:
             record = change.service
             key = (record.hostname, record.id, record.status)

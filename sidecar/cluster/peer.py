@@ -52,6 +52,11 @@ from sidecar.state.model import ChangeEvent, ClusterState, Service
 
 NODE_TICK = SECOND
 PUSH_PULL_INTERVAL = 20 * SECOND
+RECONNECT_INTERVAL = 10 * SECOND
+RECONNECT_FOR = 6 * 3600 * SECOND
+"""A member declared dead (not one that left) is tried again by push/pull, one every
+`RECONNECT_INTERVAL`, for this long: after a partition longer than the suspicion timeout
+each side holds the other dead, and nothing in SWIM brings them back (Serf's reconnect)."""
 RECORD_CACHE = 4096
 """Service JSON payloads remembered with their decoded records (then forgotten at once)."""
 COMPRESS_MIN = 128
@@ -82,8 +87,8 @@ class Output:
     datagrams: tuple[Datagram, ...] = ()
     streams: tuple[StreamMessage, ...] = ()
     tcp_pings: tuple[TcpPing, ...] = ()
-    push_pull: Address | None = None
-    """Start a push/pull with this member now (`Peer.push_pull_request`)."""
+    push_pulls: tuple[Address, ...] = ()
+    """Start a push/pull with each of these now (`Peer.push_pull_request`)."""
     members: tuple[Event, ...] = ()
     changes: tuple[ChangeEvent, ...] = ()
     changed: bool = False
@@ -97,7 +102,7 @@ class _Out:
     datagrams: list[Datagram] = field(default_factory=list)
     streams: list[StreamMessage] = field(default_factory=list)
     tcp_pings: list[TcpPing] = field(default_factory=list)
-    push_pull: Address | None = None
+    push_pulls: list[Address] = field(default_factory=list)
     members: list[Event] = field(default_factory=list)
     changes: list[ChangeEvent] = field(default_factory=list)
     changed: bool = False
@@ -108,7 +113,7 @@ class _Out:
             tuple(self.datagrams),
             tuple(self.streams),
             tuple(self.tcp_pings),
-            self.push_pull,
+            tuple(self.push_pulls),
             tuple(self.members),
             tuple(self.changes),
             self.changed,
@@ -162,6 +167,8 @@ class Peer:
         self._compress_packets = compress_packets
         self._compress_streams = compress_streams
         self._push_pull_interval = push_pull_interval
+        self._departed: dict[str, tuple[Address, int]] = {}
+        self._next_reconnect = now + RECONNECT_INTERVAL
         self._decoded: dict[bytes, Service] = {}
         self._payloads: dict[Service, bytes] = {}
         self._next_node_tick = now + NODE_TICK
@@ -187,6 +194,8 @@ class Peer:
     def next_wakeup(self) -> int:
         """Return the latest `now` by which `tick` must be called next."""
         times = [self.membership.next_wakeup(), self._next_node_tick]
+        if self._departed:
+            times.append(self._next_reconnect)
         if self._next_push_pull is not None:
             times.append(self._next_push_pull)
         return min(times)
@@ -203,9 +212,16 @@ class Peer:
             while self._next_node_tick <= now:
                 self._next_node_tick += NODE_TICK
         if self._next_push_pull is not None and now >= self._next_push_pull:
-            out.push_pull = self._push_pull_target()
+            target = self._push_pull_target()
+            if target is not None:
+                out.push_pulls.append(target)
             interval = push_pull_scale(self._push_pull_interval, len(self.membership.members))
             self._next_push_pull = now + interval
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + RECONNECT_INTERVAL
+            target = self._reconnect_target(now)
+            if target is not None:
+                out.push_pulls.append(target)
         return out.freeze()
 
     def observe(self, running: Iterable[Service], *, now: int, wall: int) -> Output:
@@ -371,8 +387,13 @@ class Peer:
             name = event.member.name
             if event.kind in (EventKind.DEAD, EventKind.LEFT):
                 self._take_step(protocol.peer_died(self.node, name, now=wall), now=now, out=out)
+                if event.kind is EventKind.DEAD and name != self.name:
+                    self._departed[name] = (event.member.address, now)
+                else:
+                    self._departed.pop(name, None)
             elif event.kind is EventKind.JOINED:
                 self.node = protocol.peer_back(self.node, name)
+                self._departed.pop(name, None)
 
     def _emit(self, result: MembershipOutput, out: _Out) -> None:
         encoded: dict[tuple[Packet, ...], bytes] = {}
@@ -414,6 +435,15 @@ class Peer:
         if not candidates:
             return None
         return candidates[self._rng.randrange(len(candidates))].address
+
+    def _reconnect_target(self, now: int) -> Address | None:
+        for name, (_, since) in list(self._departed.items()):
+            if now - since > RECONNECT_FOR:
+                del self._departed[name]
+        if not self._departed:
+            return None
+        names = sorted(self._departed)
+        return self._departed[names[self._rng.randrange(len(names))]][0]
 
 
 def _show(address: Address) -> str:

@@ -13,8 +13,9 @@ with the same records:
 * the greatest version under a total order: newer `updated` wins (Go's rule); on equal
   `updated`, the higher status rank wins (`_RANK`: the more cautious status), then the
   greater Go JSON text. Go keeps "first seen" on ties, which makes nodes disagree.
-* A drain is sticky at its owner only: `stamp` keeps an own DRAINING record DRAINING while
-  the service is observed ALIVE, and only UNHEALTHY, UNKNOWN or gone undoes it. So an owner
+* A drain is sticky at its owner only: `stamp` keeps a service the owner drained DRAINING
+  while it is observed ALIVE (the owner's node keeps the set; UNHEALTHY, UNKNOWN or gone
+  undoes it), whatever peers said of the record meanwhile. So an owner
   sends ALIVE after DRAINING only once the drain was undone, and a receiver takes the newer
   version as it is. Go also keeps a stored DRAINING against a newer ALIVE *on receipt*;
   a peer that missed the undoing version (lost, or reordered) then showed — and relayed,
@@ -30,6 +31,7 @@ key changed, and never relays its own records: the owner announces them itself
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Final
 
@@ -220,15 +222,17 @@ def stamp(
     *,
     now: int,
     refresh_after: int = REFRESH_AFTER,
+    drained: AbstractSet[str] = frozenset(),
 ) -> MergeResult:
     """Return the state with this node's observations stamped into its own records.
 
     Pure. `observed` is what discovery and health checks see now (their `updated` is
     ignored). A record whose content or status differs from the stored one, or that is
-    older than `refresh_after`, gets a new version `max(now, last + 1 µs)`. A drained record
-    stays DRAINING while it is observed ALIVE. Own records (`hostname == state.hostname`)
-    that are no longer observed become tombstones. The result's `relay` is empty: the owner
-    announces its records through `sidecar.state.broadcast`.
+    older than `refresh_after`, gets a new version `max(now, last + 1 µs)`. A service in
+    `drained` (IDs the owner drained) is DRAINING while it is observed ALIVE. Own records
+    (`hostname == state.hostname`) that are no longer observed become tombstones. The
+    result's `relay` is empty: the owner announces its records through
+    `sidecar.state.broadcast`.
     """
     changes = _Changes(state)
     seen: set[str] = set()
@@ -238,7 +242,7 @@ def stamp(
         entry = changes.entry(observation.hostname, observation.id)
         last = entry
         wanted = observation
-        if last is not None and last.status is Status.DRAINING and wanted.status is Status.ALIVE:
+        if observation.id in drained and wanted.status is Status.ALIVE:
             wanted = wanted.with_status(Status.DRAINING, updated=wanted.updated)
         if last is None or not wanted.same_content(last) or last.updated <= now - refresh_after:
             changes.learn(wanted.with_updated(_next_version(last, now=now)))
@@ -257,8 +261,9 @@ def drain(state: ClusterState, service_id: str, *, now: int) -> MergeResult | No
     """Return the state with an own record set to DRAINING, or None if there is no such
     live own record.
 
-    Pure. The new version is `max(now, last + 1 µs)`; `stamp` keeps it DRAINING while the
-    service stays ALIVE, and it is announced like any other change.
+    Pure. The new version is `max(now, last + 1 µs)`; it is announced like any other change.
+    The caller keeps the ID among its drained ones, for `stamp` to keep it DRAINING while
+    the service stays ALIVE.
     """
     current = state.get(state.hostname, service_id)
     if current is None or current.status is Status.TOMBSTONE:

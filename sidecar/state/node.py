@@ -14,7 +14,12 @@ property simulation all drive these same steps.
   tombstoned again, and this host's own records re-asserted over what peers said of them;
 * `peer_died` / `peer_back` — membership's word that a host died (its services tombstoned,
   announced 10 times) or came back;
-* `drain` — an operator's drain of an own service.
+* `drain` — an operator's drain of an own service. The node keeps the IDs it drained: a
+  drained service stays DRAINING while its checks pass, until it turns UNHEALTHY or UNKNOWN
+  or goes, whatever peers say of its record meanwhile (after a partition they may hold it
+  as a tombstone). A service this node sees for the first time since it started takes
+  a drain from the cluster's record of it (a drain outlives a restart of the daemon, as in
+  Go).
 """
 
 from __future__ import annotations
@@ -23,18 +28,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from sidecar.state import broadcast, merge
-from sidecar.state.model import ChangeEvent, ClusterState, Service
+from sidecar.state.model import ChangeEvent, ClusterState, Service, Status
 
 
 @dataclass(frozen=True, slots=True)
 class Node:
     """A host's protocol state: the cluster state, what the host runs (its last
-    observation), the broadcast schedule, and the peers membership declared dead."""
+    observation), the broadcast schedule, the peers membership declared dead, and the own
+    services an operator drained."""
 
     state: ClusterState
     running: tuple[Service, ...] = ()
     schedule: broadcast.Schedule = field(default_factory=broadcast.Schedule)
     dead_peers: frozenset[str] = frozenset()
+    drained: frozenset[str] = frozenset()
+    observed: bool = False
+    """Whether the host has reported what it runs yet: until then nothing is stamped (its
+    own records that peers hold are not tombstoned before discovery has spoken)."""
 
     @classmethod
     def start(cls, hostname: str, cluster_name: str = "default") -> Node:
@@ -78,7 +88,9 @@ class _Steps:
         self.node = replace(self.node, schedule=schedule)
 
     def stamp(self, *, now: int) -> None:
-        self.take(merge.stamp(self.node.state, self.node.running, now=now))
+        node = self.node
+        if node.observed:
+            self.take(merge.stamp(node.state, node.running, now=now, drained=node.drained))
 
     def send_due(self, *, now: int) -> None:
         schedule, due = broadcast.due(self.node.schedule, self.node.state, now=now)
@@ -100,7 +112,9 @@ class _Steps:
 def observe(node: Node, running: Iterable[Service], *, now: int) -> Step:
     """Return the step of a new observation of what this host runs (`updated` ignored):
     own records stamped, and what is due — a new or changed record at once — to send."""
-    steps = _Steps(replace(node, running=tuple(running)))
+    running = tuple(running)
+    drained = _still_drained(node, running)
+    steps = _Steps(replace(node, running=running, drained=drained, observed=True))
     steps.stamp(now=now)
     steps.send_due(now=now)
     return steps.step()
@@ -157,7 +171,25 @@ def drain(node: Node, service_id: str, *, now: int) -> Step | None:
     result = merge.drain(node.state, service_id, now=now)
     if result is None:
         return None
-    steps = _Steps(node)
+    steps = _Steps(replace(node, drained=node.drained | {service_id}))
     steps.take(result)
     steps.send_due(now=now)
     return steps.step()
+
+
+def _still_drained(node: Node, running: tuple[Service, ...]) -> frozenset[str]:
+    """Return the drained IDs after a new observation: a drain ends when its service turns
+    UNHEALTHY or UNKNOWN or goes; a service new to this node since it started takes the
+    cluster's drain of it."""
+    known = {service.id for service in node.running} if node.observed else set()
+    drained: set[str] = set()
+    for service in running:
+        if service.status is not Status.ALIVE:
+            continue
+        if service.id in node.drained:
+            drained.add(service.id)
+        elif service.id not in known:
+            record = node.state.get(node.state.hostname, service.id)
+            if record is not None and record.status is Status.DRAINING:
+                drained.add(service.id)
+    return frozenset(drained)

@@ -180,6 +180,7 @@ class ClusterSim(RuleBasedStateMachine):
         for name in names:
             self.cluster[name] = Node(name, protocol.Node.start(name))
             self.reality[name] = {}
+            self._stamp(self.cluster[name])  # discovery's first report, empty
         return multiple(*names)
 
     @initialize(data=st.data())
@@ -319,6 +320,7 @@ class ClusterSim(RuleBasedStateMachine):
             and self.now > self.declared_dead_at.get(name, self.now - 1)
         ):
             self.cluster[name] = Node(name, protocol.Node.start(name))
+            self._stamp(self.cluster[name])  # discovery's first report: nothing runs yet
             for key in [k for k in self.owner_latest if k[0] == name]:
                 del self.owner_latest[key]  # a new incarnation; it knows nothing of the old
             self.told_dead = {(o, d) for o, d in self.told_dead if d != name}

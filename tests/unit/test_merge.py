@@ -213,24 +213,17 @@ def test_owner_outvotes_what_peers_said_about_it():
     assert mine.updated == T0 + 5 * S + merge.OWNER_STEP
 
 
-def test_drain_marks_an_own_record_and_stamp_keeps_it_draining():
+def test_drain_marks_an_own_record_and_stamp_keeps_the_drained_ids_draining():
     state = merge.stamp(ClusterState(hostname=ME), [observed()], now=T0).state
     drained = merge.drain(state, "abc123abc123", now=T0 + S)
     assert drained is not None
     assert [e.service.status for e in drained.events] == [Status.DRAINING]
-    state = merge.stamp(drained.state, [observed()], now=T0 + 2 * S).state
-    assert state.get(ME, "abc123abc123").status is Status.DRAINING
+    kept = merge.stamp(drained.state, [observed()], now=T0 + 2 * S, drained={"abc123abc123"})
+    assert kept.state.get(ME, "abc123abc123").status is Status.DRAINING
+    undone = merge.stamp(drained.state, [observed()], now=T0 + 2 * S)
+    assert undone.state.get(ME, "abc123abc123").status is Status.ALIVE
     assert merge.drain(state, "unknown", now=T0) is None
     assert merge.drain(state_with(record()), "abc123abc123", now=T0) is None  # not ours
-
-
-def test_an_unhealthy_drained_service_is_no_longer_draining():
-    state = merge.stamp(ClusterState(hostname=ME), [observed()], now=T0).state
-    drained = merge.drain(state, "abc123abc123", now=T0)
-    assert drained is not None
-    state = merge.stamp(drained.state, [observed(status=Status.UNHEALTHY)], now=T0 + S).state
-    state = merge.stamp(state, [observed()], now=T0 + 2 * S).state
-    assert state.get(ME, "abc123abc123").status is Status.ALIVE
 
 
 # -------------------------------------------------------------------- expiry and death

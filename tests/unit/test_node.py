@@ -112,3 +112,42 @@ def test_expiry_tombstones_are_written_and_announced_by_the_tick():
     step = node.tick(known, now=T0 + seconds(81))
     assert [(r.id, r.status) for r in step.wrote] == [("b2", Status.TOMBSTONE)]
     assert [(r.id, r.status) for r in step.send] == [("b2", Status.TOMBSTONE)]
+
+
+def test_a_drain_lasts_while_the_service_passes_its_checks_and_ends_when_it_fails():
+    step = node.observe(node.Node.start("me"), [service()], now=T0)
+    drained = node.drain(step.node, "a1", now=T0 + 1)
+    assert drained is not None
+    current = node.observe(drained.node, [service()], now=T0 + seconds(40)).node
+    assert current.state.get("me", "a1").status is Status.DRAINING
+    current = node.observe(current, [service(status=Status.UNHEALTHY)], now=T0 + seconds(41)).node
+    current = node.observe(current, [service()], now=T0 + seconds(42)).node
+    assert current.state.get("me", "a1").status is Status.ALIVE
+    assert current.drained == frozenset()
+
+
+def test_a_drain_outlives_what_peers_wrote_of_the_record_meanwhile():
+    # A partition: the peers declared this host dead and tombstoned its services.
+    step = node.observe(node.Node.start("me"), [service()], now=T0)
+    current = node.drain(step.node, "a1", now=T0 + 1).node
+    tombstone = service(status=Status.TOMBSTONE, updated=T0 + seconds(20))
+    current = node.receive(current, [tombstone], now=T0 + seconds(21)).node
+    current = node.observe(current, [service()], now=T0 + seconds(22)).node
+    assert current.state.get("me", "a1").status is Status.DRAINING
+
+
+def test_a_restarted_node_takes_the_clusters_drain_of_a_service_it_sees_first():
+    before_restart = service(status=Status.DRAINING, updated=T0)
+    current = node.receive_state(
+        node.Node.start("me"),
+        node.receive(node.Node.start("peer"), [before_restart], now=T0).node.state,
+        now=T0 + 1,
+    ).node
+    current = node.observe(current, [service()], now=T0 + seconds(1)).node
+    assert current.state.get("me", "a1").status is Status.DRAINING
+    # A DRAINING said of a service this node already runs is not a drain of its own.
+    other = node.observe(node.Node.start("me"), [service("b2")], now=T0).node
+    said = service("b2", status=Status.DRAINING, updated=T0 + seconds(1))
+    other = node.receive(other, [said], now=T0 + seconds(2)).node
+    other = node.observe(other, [service("b2")], now=T0 + seconds(3)).node
+    assert other.state.get("me", "b2").status is Status.ALIVE
