@@ -75,6 +75,7 @@ class Cluster:
         delay: tuple[int, int] = (1 * MS, 5 * MS),
         push_pull_interval: int = PUSH_PULL_INTERVAL,
         compress_packets: bool = False,
+        tcp_pings: bool = True,
     ) -> None:
         """Start `nodes` hosts that already know each other (a cluster that has converged;
         joining 1,000 hosts one by one is not what this measures)."""
@@ -89,6 +90,7 @@ class Cluster:
         self._wake: dict[str, int] = {}
         self._push_pull_interval = push_pull_interval
         self._compress_packets = compress_packets
+        self._tcp_pings = tcp_pings
         self._decoded: dict[bytes, tuple[Packet, ...]] = {}
         names = [f"node{i}" for i in range(nodes)]
         members = [
@@ -105,7 +107,13 @@ class Cluster:
             self._schedule(host)
 
     def _host(self, name: str, index: int, members: list[Member]) -> Host:
-        config = Config(name=name, addr=address(index).ip, port=PORT, meta=META)
+        config = Config(
+            name=name,
+            addr=address(index).ip,
+            port=PORT,
+            meta=META,
+            disable_tcp_pings=not self._tcp_pings,
+        )
         rng = random.Random(self.random.getrandbits(64))
         peer = Peer(
             config,
@@ -230,8 +238,8 @@ class Cluster:
 
     def _push_pull(self, source: Host, to: Address, *, join: bool) -> None:
         target = self._target(to)
-        if target is None:
-            return
+        if target is None or not target.up:
+            return  # the connection fails: nothing is encoded or sent
         request = source.peer.push_pull_request(join=join)
         self.traffic.tcp_bytes += len(request)
         origin = address(source.index)

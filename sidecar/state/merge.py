@@ -85,6 +85,8 @@ def join(a: Service, b: Service) -> Service:
     Pure. Commutative, associative and idempotent; returns `a` itself when `b` adds nothing,
     so callers can test for change with `is`.
     """
+    if a.updated == b.updated and a == b:  # the same version again: gossip's usual case
+        return a
     return b if precedes(a, b) else a
 
 
@@ -307,9 +309,12 @@ def expire(state: ClusterState, *, now: int) -> MergeResult:
 def tombstone_node(state: ClusterState, hostname: str, *, now: int) -> MergeResult:
     """Return the state with every live record of a node declared dead tombstoned.
 
-    Pure. Each tombstone is versioned `max(now, last + 1 µs)`; records that are already
-    tombstones are left alone (Go re-stamps them). The tombstones are in `relay`. A node
-    never declares itself dead: for `state.hostname` nothing changes.
+    Pure. Each tombstone is versioned at the record's version + 1 s (as `expire` writes
+    them), not at `now`: every host that learns of the death writes the same tombstone, so
+    the cluster gossips one version of it, not one per host (Go's `now` made a host's
+    death cost n² messages). Records that are already tombstones are left alone (Go
+    re-stamps them). The tombstones are in `relay`. A node never declares itself dead: for
+    `state.hostname` nothing changes.
     """
     server = state.servers.get(hostname)
     if server is None or hostname == state.hostname:
@@ -318,6 +323,6 @@ def tombstone_node(state: ClusterState, hostname: str, *, now: int) -> MergeResu
     for record in server.entries.values():
         if record.status is not Status.TOMBSTONE:
             changes.learn(
-                record.with_status(Status.TOMBSTONE, updated=_next_version(record, now=now))
+                record.with_status(Status.TOMBSTONE, updated=record.updated + EXPIRY_BUMP)
             )
     return changes.result()

@@ -117,7 +117,7 @@ HEAL_FOR = LONGEST_SUSPICION + RECONNECT_INTERVAL + 3 * PUSH_PULL_INTERVAL + 10 
 A suspicion raised just before the heal is refuted or expires within the longest suspicion
 timeout; a host declared dead meanwhile is back once it refutes, or once a reconnect
 (a push/pull to a member held dead, one every `RECONNECT_INTERVAL`) crosses. Records: every
-changed own record is pushed at once and repeated 5 times 1 s apart, relays once; what a host
+changed own record is pushed at once and repeated 5 times 1 s apart, relayed on news; what a host
 missed comes with the next push/pull (every 20 s, to a random live member, so a pair may wait
 for a few rounds: 3 intervals) and with the owners' full refresh (60 s); 10 s slack for gossip and
 probes."""

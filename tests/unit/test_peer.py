@@ -218,3 +218,17 @@ def test_an_alive_about_a_new_member_is_a_join() -> None:
     alive = Alive(1, "h7", "default", address(7).ip, 7946, None, GO_VSN)
     out = peer.datagram(codec.encode_packet([alive]), address(7), now=T0, wall=EPOCH)
     assert [(e.kind, e.member.name) for e in out.members] == [(EventKind.JOINED, "h7")]
+
+
+def test_packets_that_arrived_together_are_taken_in_one_step_bad_ones_rejected() -> None:
+    peer = make()
+    packets = [
+        (codec.encode_packet([User(records.encode_service(service("h2", f"s{i}")))]), address(2))
+        for i in range(3)
+    ]
+    packets.insert(1, (b"\x07\x09garbage", address(3)))
+    out = peer.datagrams(packets, now=T0, wall=EPOCH + 2 * SECOND)
+    assert len(out.rejected) == 1
+    assert "10.0.0.3:7946" in out.rejected[0]
+    assert sorted(c.service.id for c in out.changes) == ["s0", "s1", "s2"]
+    assert out.changed
