@@ -174,7 +174,7 @@ def _fold(obj: object, keys: Mapping[str, tuple[str, int]], what: str) -> dict[s
         if kind == _STRING:
             if type(value) is not str:
                 raise RecordRejected(f"{what}.{name}: expected a string, got {_describe(value)}")
-            if _SURROGATE.search(value):
+            if not value.isascii() and _SURROGATE.search(value):
                 value = _SURROGATE.sub("\ufffd", value)
         elif kind == _INT:
             if type(value) is not int:
@@ -221,11 +221,14 @@ def _port_from_object(obj: object, index: int) -> Port:
 
 def _loads(raw: bytes | str) -> object:
     try:
-        try:
-            return json.loads(raw)
-        except UnicodeDecodeError:
-            assert isinstance(raw, bytes)
-            return json.loads(raw.decode("utf-8", "replace"))  # as Go: invalid bytes -> U+FFFD
+        if isinstance(raw, bytes):
+            # Go reads UTF-8 only, an invalid byte as U+FFFD (json.loads(bytes) would also
+            # take UTF-16 and UTF-32).
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raw = raw.decode("utf-8", "replace")
+        return json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise RecordRejected(f"not JSON: {exc}") from None
 
