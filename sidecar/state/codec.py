@@ -219,16 +219,18 @@ def _port_from_object(obj: object, index: int) -> Port:
         raise RecordRejected(_first_error(exc, within=f"Service.ports.{index}")) from None
 
 
+def _text(raw: bytes) -> str:
+    """Return `raw` as Go reads JSON: UTF-8 only, an invalid byte as U+FFFD
+    (`json.loads(bytes)` would also take UTF-16 and UTF-32)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")
+
+
 def _loads(raw: bytes | str) -> object:
     try:
-        if isinstance(raw, bytes):
-            # Go reads UTF-8 only, an invalid byte as U+FFFD (json.loads(bytes) would also
-            # take UTF-16 and UTF-32).
-            try:
-                raw = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raw = raw.decode("utf-8", "replace")
-        return json.loads(raw)
+        return json.loads(_text(raw) if isinstance(raw, bytes) else raw)
     except (ValueError, RecursionError) as exc:
         raise RecordRejected(f"not JSON: {exc}") from None
 
