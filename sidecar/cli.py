@@ -216,6 +216,23 @@ def _print_observation(observation: object) -> None:
 # ---------------------------------------------------------------- sidecar plan
 
 
+_PLAN_FLAGS = {
+    "bind_ip": "bind_ip",
+    "use_hostnames": "use_hostnames",
+    "user": "user",
+    "group": "group",
+    "stats_port": "stats_port",
+    "stats_backend_port": "stats_backend_port",
+    "stats_ip": "stats_ip",
+    "config_file": "config_file",
+    "haproxy_mode": "mode",
+    "master_socket": "master_socket",
+    "admin_socket": "admin_socket",
+    "interface": "interface",
+}
+"""`sidecar plan`'s flags (argparse destinations) -> the `[haproxy]` keys they override."""
+
+
 def _plan_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     plan = commands.add_parser(
         "plan",
@@ -294,10 +311,11 @@ async def _fetch_state(url: str) -> bytes:
 def _plan(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sidecar.adapters.haproxy import Haproxy, HaproxyOptions
+    from sidecar import parts
+    from sidecar.adapters.haproxy import Haproxy
     from sidecar.adapters.ipbind import IpBinder, IpBindError
     from sidecar.reconcile import report
-    from sidecar.reconcile.desired import HaproxySettings, TemplateError, check_template, desired
+    from sidecar.reconcile.desired import TemplateError, check_template, desired
     from sidecar.reconcile.plans import plan
     from sidecar.state import views
 
@@ -313,52 +331,40 @@ def _plan(args: argparse.Namespace) -> int:
         )
     except configuration.ConfigError as exc:
         return fail(str(exc))
+    # The flags override single settings; then the daemon's own composition builds the rest.
+    overrides = {
+        key: value
+        for flag, key in _PLAN_FLAGS.items()
+        if (value := getattr(args, flag, None)) is not None
+    }
+    if args.template is not None:
+        overrides["template_file"] = args.template
+    config = config.model_copy(update={"haproxy": config.haproxy.model_copy(update=overrides)})
     h = config.haproxy
-
-    def given(flag: str, configured: Any) -> Any:
-        value = getattr(args, flag)
-        return configured if value is None else value
 
     if args.api is None and args.state is None:
         host, port = config.sidecar.http_listen()
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         args.api = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    config_file = given("config_file", h.config_file)
+    config_file = h.config_file
     try:
         state = codec.decode_state(_read_state(args))
-        template, template_file = None, args.template or h.template_file
+        template, template_file = None, h.template_file
         if template_file:
             try:
                 template = Path(template_file).read_text()
             except OSError as exc:
                 raise _PlanError(f"cannot read {template_file}: {exc.strerror}") from None
             check_template(template, template_file)
-        settings = HaproxySettings(
-            bind_ip=given("bind_ip", h.bind_ip),
-            use_hostnames=given("use_hostnames", h.use_hostnames),
-            user=given("user", h.user),
-            group=given("group", h.group),
-            admin_socket=given("admin_socket", h.admin_socket),
-            stats_port=given("stats_port", h.stats_port),
-            stats_backend_port=given("stats_backend_port", h.stats_backend_port),
-            stats_ip=given("stats_ip", h.stats_ip),
-            hard_stop_after=h.hard_stop_after,
-            template=template,
-            template_name=template_file or "the shipped template",
-        )
+        settings = parts.haproxy_settings(config, template)
         table = views.routing_table(state)
         want = desired(table, settings, now=time.time_ns())
-        options = HaproxyOptions(
-            config_file=Path(config_file),
-            master_socket=Path(given("master_socket", h.master_socket)),
-            admin_socket=Path(given("admin_socket", h.admin_socket)),
-            mode=given("haproxy_mode", h.mode),
-        )
+        options = parts.haproxy_options(config)
         try:
             actual = asyncio.run(Haproxy(options).read_actual())
         except OSError as exc:  # the config file unreadable; a missing one is None
             raise _PlanError(f"cannot read {config_file}: {exc.strerror}") from None
-        bound = IpBinder(given("interface", h.interface)).bound()
+        bound = IpBinder(h.interface).bound()
     except (_PlanError, codec.RecordRejected, TemplateError, IpBindError) as exc:
         prefix = "the cluster state was refused: " if isinstance(exc, codec.RecordRejected) else ""
         return fail(f"{prefix}{exc}")

@@ -21,22 +21,21 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from sidecar import parts
 from sidecar.adapters import http
-from sidecar.adapters.haproxy import Haproxy, HaproxyOptions
+from sidecar.adapters.haproxy import Haproxy
 from sidecar.adapters.ipbind import IpBinder
-from sidecar.adapters.static import StaticDiscovery
 from sidecar.config import Config
 from sidecar.host import HostDiscovery, HostObservation
 from sidecar.reconcile.desired import HaproxySettings
 from sidecar.reconcile.loop import Reconciler
-from sidecar.state import discovery, node
-from sidecar.state.discovery import DiscoveryPolicy, Rejected
+from sidecar.state import node
+from sidecar.state.discovery import Rejected
 from sidecar.state.model import ClusterState, Service, Status
 from sidecar.state.times import UNIX_EPOCH
 
@@ -82,45 +81,14 @@ class Daemon:
     # ------------------------------------------------------------------ wiring
 
     def _host_discovery(self) -> HostDiscovery:
-        c = self.config
-        namer: discovery.Namer = discovery.LabelNamer(label=c.services.name_label)
-        if c.services.namer == "regex":
-            namer = discovery.regex_namer(c.services.name_match)
-        policy = DiscoveryPolicy(
-            hostname=self.hostname,
-            advertise_ip=self.advertise_ip,
-            namer=namer,
-            default_check_endpoint=c.sidecar.default_check_endpoint,
-            external_checks=c.sidecar.external_checks,
-            rise=c.sidecar.health_rise,
-            fall=c.sidecar.health_fall,
+        policy = parts.discovery_policy(
+            self.config, hostname=self.hostname, advertise_ip=self.advertise_ip
         )
-        docker = None
-        if "docker" in c.sidecar.discovery:
-            from sidecar.adapters.docker import DockerDiscovery  # the SDK costs 6 MiB: on demand
-
-            docker = DockerDiscovery(c.docker_discovery.docker_url)
-        static = None
-        if "static" in c.sidecar.discovery:
-            static = StaticDiscovery(
-                Path(c.static_discovery.config_file), policy, max_size=c.static_discovery.max_size
-            )
-        return HostDiscovery(
-            policy, docker=docker, static=static, check_interval=c.sidecar.check_interval
-        )
+        return parts.host_discovery(self.config, policy)
 
     def _haproxy_parts(self, template: str | None) -> None:
         h = self.config.haproxy
-        options = HaproxyOptions(
-            config_file=Path(h.config_file),
-            pid_file=Path(h.pid_file),
-            master_socket=Path(h.master_socket),
-            admin_socket=Path(h.admin_socket),
-            mode=h.mode,
-            reload_command=h.reload_command,
-            verify_command=h.verify_command,
-        )
-        self.haproxy = Haproxy(options)
+        self.haproxy = Haproxy(parts.haproxy_options(self.config))
         self.addresses = IpBinder(h.interface)
         self.reconciler = Reconciler(
             self.haproxy,
@@ -135,20 +103,7 @@ class Daemon:
 
     def haproxy_settings(self, template: str | None) -> HaproxySettings:
         """Return the template's settings from the configuration (and the template's text)."""
-        h = self.config.haproxy
-        return HaproxySettings(
-            bind_ip=h.bind_ip,
-            use_hostnames=h.use_hostnames,
-            user=h.user,
-            group=h.group,
-            admin_socket=h.admin_socket,
-            stats_port=h.stats_port,
-            stats_backend_port=h.stats_backend_port,
-            stats_ip=h.stats_ip,
-            hard_stop_after=h.hard_stop_after,
-            template=template,
-            template_name=h.template_file or "the shipped template",
-        )
+        return parts.haproxy_settings(self.config, template)
 
     # ------------------------------------------------------------------ the state
 

@@ -148,3 +148,18 @@ def test_a_cluster_of_150_hosts_converges_and_detects_a_crash():
     summary = next(line for line in lines if "every live host shows the same services" in line)
     assert "services: True" in summary
     assert "148 hosts up" in summary
+
+
+def test_every_plan_flag_overrides_a_haproxy_key_the_daemon_reads():
+    from sidecar.config import Config
+
+    keys = set(type(Config().haproxy).model_fields)
+    assert set(cli._PLAN_FLAGS.values()) <= keys
+    destinations = {
+        action.dest
+        for group in cli._parser()._subparsers._group_actions  # the subcommands
+        for name, sub in group.choices.items()
+        if name == "plan"
+        for action in sub._actions
+    }
+    assert set(cli._PLAN_FLAGS) <= destinations

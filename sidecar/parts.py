@@ -1,0 +1,90 @@
+"""The composition layer: the one place that turns a `Config` into the parts of a sidecar.
+
+`sidecar run` (the daemon), `sidecar plan` and `sidecar discover` build what they share
+here, so `plan` renders and reads HAProxy exactly as the daemon would (by construction, not
+by a second copy of the wiring) and `discover` discovers as the daemon does. Nothing here
+decides anything: it maps configuration keys onto the constructors' arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sidecar.adapters.haproxy import HaproxyOptions
+from sidecar.adapters.static import StaticDiscovery
+from sidecar.config import Config
+from sidecar.host import HostDiscovery
+from sidecar.reconcile.desired import HaproxySettings
+from sidecar.state import discovery
+from sidecar.state.discovery import DiscoveryPolicy
+
+
+def discovery_policy(config: Config, *, hostname: str, advertise_ip: str) -> DiscoveryPolicy:
+    """Return the discovery policy (namer, checks) of the configuration. Raises
+    `discovery.NamerError` for a `regex` namer without a capture group."""
+    s = config.services
+    namer: discovery.Namer = discovery.LabelNamer(label=s.name_label)
+    if s.namer == "regex":
+        namer = discovery.regex_namer(s.name_match)
+    c = config.sidecar
+    return DiscoveryPolicy(
+        hostname=hostname,
+        advertise_ip=advertise_ip,
+        namer=namer,
+        default_check_endpoint=c.default_check_endpoint,
+        external_checks=c.external_checks,
+        rise=c.health_rise,
+        fall=c.health_fall,
+    )
+
+
+def host_discovery(
+    config: Config, policy: DiscoveryPolicy, *, docker_url: str | None = None
+) -> HostDiscovery:
+    """Return this host's discovery with the sources the configuration names (`docker`,
+    `static`); `docker_url` overrides the configured Engine URL."""
+    docker = None
+    if "docker" in config.sidecar.discovery:
+        from sidecar.adapters.docker import DockerDiscovery  # the SDK costs 6 MiB: on demand
+
+        docker = DockerDiscovery(docker_url or config.docker_discovery.docker_url)
+    static = None
+    if "static" in config.sidecar.discovery:
+        s = config.static_discovery
+        static = StaticDiscovery(Path(s.config_file), policy, max_size=s.max_size)
+    return HostDiscovery(
+        policy, docker=docker, static=static, check_interval=config.sidecar.check_interval
+    )
+
+
+def haproxy_options(config: Config) -> HaproxyOptions:
+    """Return how the HAProxy adapter finds and drives this host's HAProxy."""
+    h = config.haproxy
+    return HaproxyOptions(
+        config_file=Path(h.config_file),
+        pid_file=Path(h.pid_file),
+        master_socket=Path(h.master_socket),
+        admin_socket=Path(h.admin_socket),
+        mode=h.mode,
+        reload_command=h.reload_command,
+        verify_command=h.verify_command,
+    )
+
+
+def haproxy_settings(config: Config, template: str | None) -> HaproxySettings:
+    """Return what the HAProxy template is rendered with (`template`: the template file's
+    text, None for the shipped one)."""
+    h = config.haproxy
+    return HaproxySettings(
+        bind_ip=h.bind_ip,
+        use_hostnames=h.use_hostnames,
+        user=h.user,
+        group=h.group,
+        admin_socket=h.admin_socket,
+        stats_port=h.stats_port,
+        stats_backend_port=h.stats_backend_port,
+        stats_ip=h.stats_ip,
+        hard_stop_after=h.hard_stop_after,
+        template=template,
+        template_name=h.template_file or "the shipped template",
+    )
