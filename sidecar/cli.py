@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sidecar import __version__, simulate
 from sidecar.state import codec, discovery
-from sidecar.state.discovery import DiscoveryPolicy
 
 PLAN_PENDING = 2
 
@@ -140,33 +139,50 @@ def _engine_answers(url: str | None) -> bool:
 def _discover(args: argparse.Namespace) -> int:
     # Imported here: the adapters pull in aiohttp and the Docker SDK, which the other
     # commands do not need.
-    from sidecar.adapters.docker import DockerDiscovery
-    from sidecar.adapters.static import StaticDiscovery
-    from sidecar.host import HostDiscovery, HostObservation
+    import pydantic
+
+    from sidecar import parts
+    from sidecar.config import Config
+    from sidecar.host import HostObservation
 
     setup_logging(level="info", json_format=False)
+    sources: list[str] = []
+    if not args.no_docker:
+        if _engine_answers(args.docker_url):
+            sources.append("docker")
+        else:
+            print("sidecar discover: no Docker Engine answers; Docker discovery is off")
+    if args.static:
+        sources.append("static")
+    if not sources:
+        print("sidecar discover: nothing to discover (no Engine and no --static file)")
+        return 1
+    # The flags as a configuration, so that discovery is built as the daemon builds it.
+    docker_url = args.docker_url or os.environ.get("DOCKER_HOST")
     try:
-        namer = discovery.regex_namer(args.namer) if args.namer else discovery.LabelNamer()
+        config = Config.model_validate(
+            {
+                "sidecar": {
+                    "discovery": sources,
+                    "check_interval": args.check_interval,
+                    "external_checks": args.external_checks,
+                },
+                "services": {"namer": "regex", "name_match": args.namer} if args.namer else {},
+                "static_discovery": {"config_file": args.static} if args.static else {},
+                "docker_discovery": {"docker_url": docker_url} if docker_url else {},
+            }
+        )
+        policy = parts.discovery_policy(
+            config, hostname=args.hostname, advertise_ip=args.advertise_ip
+        )
+    except pydantic.ValidationError as exc:
+        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        print(f"sidecar discover: {message}", file=sys.stderr)
+        return 1
     except discovery.NamerError as exc:
         print(f"sidecar discover: {exc}", file=sys.stderr)
         return 1
-    policy = DiscoveryPolicy(
-        hostname=args.hostname,
-        advertise_ip=args.advertise_ip,
-        namer=namer,
-        external_checks=args.external_checks,
-    )
-    docker = None
-    if not args.no_docker:
-        if _engine_answers(args.docker_url):
-            docker = DockerDiscovery(args.docker_url)
-        else:
-            print("sidecar discover: no Docker Engine answers; Docker discovery is off")
-    static = StaticDiscovery(args.static, policy) if args.static else None
-    if docker is None and static is None:
-        print("sidecar discover: nothing to discover (no Engine and no --static file)")
-        return 1
-    host = HostDiscovery(policy, docker=docker, static=static, check_interval=args.check_interval)
+    host = parts.host_discovery(config, policy)
 
     async def main() -> None:
         out: asyncio.Queue[HostObservation] = asyncio.Queue()

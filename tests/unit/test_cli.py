@@ -163,3 +163,10 @@ def test_every_plan_flag_overrides_a_haproxy_key_the_daemon_reads():
         for action in sub._actions
     }
     assert set(cli._PLAN_FLAGS) <= destinations
+
+
+def test_discover_refuses_a_regex_namer_without_a_group_as_the_daemon_does(capsys, tmp_path):
+    static = tmp_path / "static.json"
+    static.write_text("[]")
+    assert cli.main(["discover", "--no-docker", "--static", str(static), "--namer", "web"]) == 1
+    assert "no capture group" in capsys.readouterr().err
