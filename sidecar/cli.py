@@ -607,6 +607,7 @@ def _run(args: argparse.Namespace) -> int:
         log.info("config: %s", notice)
     not_yet = {
         "sidecar.seeds": config.sidecar.seeds,
+        "sidecar.gossip_key": config.sidecar.gossip_keys(),
         "listeners.urls": config.listeners.urls,
     }
     for key, value in not_yet.items():

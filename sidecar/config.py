@@ -30,6 +30,8 @@ the flag), the value, and what is allowed. Secrets are never printed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import ipaddress
 import json
@@ -204,6 +206,30 @@ def _no_control(value: str) -> str:
 
 def _secret_no_control(value: SecretStr) -> SecretStr:
     _no_control(value.get_secret_value())
+    return value
+
+
+GOSSIP_KEY_SIZES: Final = (16, 24, 32)
+
+
+def gossip_key_bytes(value: SecretStr) -> bytes:
+    """Return the AES key a gossip key (base64 text) stands for; b"" for none. Raises
+    ValueError, never showing the key, for text that is not the base64 of 16, 24 or 32
+    bytes."""
+    text = value.get_secret_value()
+    if not text:
+        return b""
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64 (expected the base64 of 16, 24 or 32 bytes)") from None
+    if len(key) not in GOSSIP_KEY_SIZES:
+        raise ValueError(f"{len(key)} bytes (expected the base64 of 16, 24 or 32 bytes)")
+    return key
+
+
+def _gossip_key(value: SecretStr) -> SecretStr:
+    gossip_key_bytes(value)
     return value
 
 
@@ -462,10 +488,35 @@ class SidecarSettings(BaseModel):
     hostname: Name = ""
     http_address: Annotated[StrictStr, AfterValidator(_http_address)] = "0.0.0.0:7777"
     api_token: Annotated[SecretStr, AfterValidator(_secret_no_control)] = SecretStr("")
+    gossip_key: Annotated[SecretStr, AfterValidator(_gossip_key)] = SecretStr("")
+    gossip_keyring: tuple[Annotated[SecretStr, AfterValidator(_gossip_key)], ...] = ()
     external_checks: StrictBool = False
     check_interval: Annotated[Duration, AfterValidator(_positive)] = 3.0
     health_rise: Threshold = 1
     health_fall: Threshold = 2
+
+    @model_validator(mode="after")
+    def _keyring_has_a_key(self) -> Self:
+        if self.gossip_keyring and not self.gossip_key.get_secret_value():
+            raise _Conflicts(
+                [
+                    (
+                        ("gossip_keyring",),
+                        "set, but gossip_key is not: gossip_key encrypts, the keyring's keys "
+                        "only decrypt (during a rotation)",
+                    )
+                ]
+            )
+        return self
+
+    def gossip_keys(self) -> tuple[bytes, ...]:
+        """Return the gossip keys, the one that encrypts first; () when gossip is not
+        encrypted (the default, as Go's Sidecar)."""
+        primary = gossip_key_bytes(self.gossip_key)
+        if not primary:
+            return ()
+        others = (gossip_key_bytes(k) for k in self.gossip_keyring)
+        return (primary, *(k for k in others if k != primary))
 
     def node_name(self) -> str:
         """Return this node's name: `hostname`, or the machine's host name when it is ""."""
@@ -633,6 +684,8 @@ ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {
     "SIDECAR_HOSTNAME": ("sidecar", "hostname"),
     "SIDECAR_HTTP_ADDRESS": ("sidecar", "http_address"),
     "SIDECAR_API_TOKEN": ("sidecar", "api_token"),
+    "SIDECAR_GOSSIP_KEY": ("sidecar", "gossip_key"),
+    "SIDECAR_GOSSIP_KEYRING": ("sidecar", "gossip_keyring"),
     "SIDECAR_EXTERNAL_CHECKS": ("sidecar", "external_checks"),
     "SIDECAR_CHECK_INTERVAL": ("sidecar", "check_interval"),
     "SIDECAR_HEALTH_RISE": ("sidecar", "health_rise"),
@@ -685,7 +738,9 @@ _GO_ONLY_KEYS: Final[Mapping[tuple[str, str], str]] = {
     ("sidecar", "gossip_messages"): "memberlist timing is not configurable",
 }
 
-_SECRETS: Final = frozenset({("sidecar", "api_token")})
+_SECRETS: Final = frozenset(
+    {("sidecar", "api_token"), ("sidecar", "gossip_key"), ("sidecar", "gossip_keyring")}
+)
 
 Kind = Literal["str", "bool", "int", "duration", "list"]
 

@@ -136,7 +136,8 @@ def test_defaults_are_gos():
 
 def test_every_setting_has_exactly_one_variable_and_the_table_is_complete():
     names = [f"{section}.{key}" for section, key in config.ENV_VARS.values()]
-    assert sorted(names) == sorted([*GO_DEFAULTS, "sidecar.api_token"])
+    secrets = ["sidecar.api_token", "sidecar.gossip_key", "sidecar.gossip_keyring"]
+    assert sorted(names) == sorted([*GO_DEFAULTS, *secrets])
     assert len(set(names)) == len(names)
 
 
@@ -682,6 +683,26 @@ def test_several_problems_are_reported_together(in_tmp):
 # ------------------------------------------------------------------ secrets and describe()
 
 
+def test_a_gossip_key_and_keyring_are_base64_keys_the_first_encrypting():
+    import base64
+
+    def b64(key: bytes) -> str:
+        return base64.b64encode(key).decode()
+
+    assert load(environ={}).sidecar.gossip_keys() == ()  # off by default, as Go's
+    primary, old = bytes(range(16)), bytes(32)
+    cfg = load(environ={"SIDECAR_GOSSIP_KEY": b64(primary), "SIDECAR_GOSSIP_KEYRING": b64(old)})
+    assert cfg.sidecar.gossip_keys() == (primary, old)
+    assert not any(b64(primary) in line or b64(old) in line for line in config.describe(cfg))
+    assert problem(environ={"SIDECAR_GOSSIP_KEY": "not base64!"}) == (
+        "SIDECAR_GOSSIP_KEY=(secret): not base64 (expected the base64 of 16, 24 or 32 bytes)"
+    )
+    assert problem(environ={"SIDECAR_GOSSIP_KEY": b64(bytes(20))}) == (
+        "SIDECAR_GOSSIP_KEY=(secret): 20 bytes (expected the base64 of 16, 24 or 32 bytes)"
+    )
+    assert "gossip_key encrypts" in problem(environ={"SIDECAR_GOSSIP_KEYRING": b64(old)})
+
+
 def test_secrets_are_never_printed(in_tmp):
     cfg = load(environ={"SIDECAR_API_TOKEN": "s3cret-token"})
     assert cfg.sidecar.api_token.get_secret_value() == "s3cret-token"
@@ -704,7 +725,7 @@ def test_describe_says_where_each_value_came_from(in_tmp):
         overrides={"sidecar.seeds": ["10.0.0.1", "10.0.0.2:7946"]},
     )
     lines = config.describe(cfg)
-    assert len(lines) == len(GO_DEFAULTS) + 1
+    assert len(lines) == len(GO_DEFAULTS) + 3  # and the three secrets
     assert 'haproxy.bind_ip = "10.1.2.3" (from HAPROXY_BIND_IP)' in lines
     assert 'haproxy.user = "proxy" (from sidecar.toml)' in lines
     assert 'sidecar.seeds = ["10.0.0.1", "10.0.0.2:7946"] (from --cluster-ip)' in lines
