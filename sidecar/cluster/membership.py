@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, MutableSequence, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, Protocol, TypeVar
@@ -327,6 +328,9 @@ class Membership:
         self._order = 0
         self._queue: list[_Broadcast] = []
         self._user_queue: dict[str, _Broadcast] = {}
+        self.counters: Counter[str] = Counter()
+        """What this node did, for metrics: `probes`, `probes_failed` (then it raised a
+        suspicion), `refutations` (of suspicions or deaths about itself)."""
         self._suspicions: dict[str, _Suspicion] = {}
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
@@ -634,6 +638,7 @@ class Membership:
         out.events.append(Event(EventKind.LEFT if left else EventKind.DEAD, updated))
 
     def _refute(self, accused: int, now: int) -> None:
+        self.counters["refutations"] += 1
         incarnation = (self.incarnation + 1) % UINT32
         if accused >= incarnation:
             incarnation = (accused + 1) % UINT32
@@ -681,6 +686,7 @@ class Membership:
             return
         seq_no = self._next_seq()
         ping = Ping(seq_no, target.name)
+        self.counters["probes"] += 1
         if target.state is NodeState.ALIVE:
             self._send_msg(target.address, ping, out)
         else:
@@ -751,6 +757,7 @@ class Membership:
         if succeeded:
             self._apply_awareness(-1)
             return
+        self.counters["probes_failed"] += 1
         if probe.expected_nacks > 0:
             self._apply_awareness(max(0, probe.expected_nacks - probe.nacks))
         else:

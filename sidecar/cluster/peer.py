@@ -19,6 +19,7 @@ does not decode is dropped and reported, never merged.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -167,6 +168,9 @@ class Peer:
         self._compress_packets = compress_packets
         self._compress_streams = compress_streams
         self._push_pull_interval = push_pull_interval
+        self.counters: Counter[str] = Counter()
+        """Messages by direction and type (`sent.alive`, `received.user`, ...), for metrics;
+        membership's own are in `membership.counters`."""
         self._departed: dict[str, tuple[Address, int]] = {}
         self._next_reconnect = now + RECONNECT_INTERVAL
         self._decoded: dict[bytes, Service] = {}
@@ -287,6 +291,7 @@ class Peer:
         into: list[Service],
     ) -> None:
         for message in messages:
+            self.counters[f"received.{_kind(message)}"] += 1
             if isinstance(message, User):
                 record = self._decode_record(message.payload, source, out)
                 if record is not None:
@@ -425,6 +430,8 @@ class Peer:
     def _emit(self, result: MembershipOutput, out: _Out) -> None:
         encoded: dict[tuple[Packet, ...], bytes] = {}
         for send in result.sends:
+            for message in send.messages:
+                self.counters[f"sent.{_kind(message)}"] += 1
             data = encoded.get(send.messages)
             if data is None or self._keyring is not None:  # a nonce is never reused
                 data = self._encode_packet(send.messages)
@@ -471,6 +478,10 @@ class Peer:
             return None
         names = sorted(self._departed)
         return self._departed[names[self._rng.randrange(len(names))]][0]
+
+
+def _kind(message: Packet) -> str:
+    return type(message).__name__.lower()
 
 
 def _show(address: Address) -> str:

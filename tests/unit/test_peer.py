@@ -232,3 +232,25 @@ def test_packets_that_arrived_together_are_taken_in_one_step_bad_ones_rejected()
     assert "10.0.0.3:7946" in out.rejected[0]
     assert sorted(c.service.id for c in out.changes) == ["s0", "s1", "s2"]
     assert out.changed
+
+
+def test_messages_and_probes_are_counted_for_metrics() -> None:
+    peer = make()
+    payload = records.encode_service(service("h2"))
+    out = peer.datagram(codec.encode_packet([User(payload)]), address(2), now=T0, wall=EPOCH)
+    assert peer.counters["received.user"] == 1
+    relayed = sum(
+        1 for d in out.datagrams for m in codec.decode_packet(d.data) if isinstance(m, User)
+    )
+    assert peer.counters["sent.user"] == relayed > 0
+    now = T0
+    for _ in range(100):  # nobody answers: probes fail
+        now = peer.next_wakeup()
+        peer.tick(now=now, wall=EPOCH + now - T0)
+        if peer.membership.counters["probes_failed"]:
+            break
+    assert peer.membership.counters["probes"] >= peer.membership.counters["probes_failed"] == 1
+    peer.datagram(
+        codec.encode_packet([Dead(1, "h1", "default", "h2")]), address(2), now=now, wall=EPOCH
+    )
+    assert peer.membership.counters["refutations"] == 1
