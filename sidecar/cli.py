@@ -605,15 +605,15 @@ def _run(args: argparse.Namespace) -> int:
         log.info("config: %s", line)
     for notice in configuration.notices(config):
         log.info("config: %s", notice)
-    not_yet = {
-        "sidecar.seeds": config.sidecar.seeds,
-        "sidecar.gossip_key": config.sidecar.gossip_keys(),
-        "listeners.urls": config.listeners.urls,
-    }
-    for key, value in not_yet.items():
-        if value:
-            log.warning("config: %s is set, but this sidecar does not do that yet; ignored", key)
-    daemon = Daemon(config, hostname=hostname, advertise_ip=advertise_ip, template=template)
+    if config.listeners.urls:
+        log.warning("config: listeners.urls is set, but this sidecar does not do that yet")
+    if not config.sidecar.seeds:
+        log.info("no seeds (sidecar.seeds, --cluster-ip): this host serves its own services only")
+    try:
+        daemon = Daemon(config, hostname=hostname, advertise_ip=advertise_ip, template=template)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -28,8 +28,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sidecar import parts
 from sidecar.adapters import http
+from sidecar.adapters.gossip import GossipTransport
 from sidecar.adapters.haproxy import Haproxy
 from sidecar.adapters.ipbind import IpBinder
+from sidecar.cluster.messages import NodeState
+from sidecar.cluster.peer import Output as PeerOutput
 from sidecar.config import Config
 from sidecar.host import HostDiscovery, HostObservation
 from sidecar.reconcile.desired import HaproxySettings
@@ -72,6 +75,13 @@ class Daemon:
         self.merges = 0  # state changes made (stamps, drains, expiries that changed something)
         self.events: Counter[str] = Counter()  # change events by new status
         self.host = self._host_discovery()
+        # With seeds, this host is a cluster member: the gossip transport's peer then owns
+        # the node (it merges what peers send); without, the node is the daemon's alone.
+        self.gossip: GossipTransport | None = None
+        if config.sidecar.seeds:
+            self.gossip = parts.cluster(
+                config, hostname=hostname, advertise_ip=advertise_ip, on_output=self._clustered
+            )
         self.haproxy: Haproxy | None = None
         self.addresses: IpBinder | None = None
         self.reconciler: Reconciler | None = None
@@ -137,34 +147,78 @@ class Daemon:
     def _observe(self, observation: HostObservation) -> None:
         self._rejected = observation.rejected
         self._static_error = observation.static_error
+        if self.gossip is not None:
+            self.gossip.observe(observation.services)  # its output comes to _clustered
+            return
         self._apply(node.observe(self._node, observation.services, now=time.time_ns()))
 
     def _tick(self) -> None:
-        self._apply(node.tick(self._node, now=time.time_ns()))
+        if self.gossip is None:  # a cluster member's peer ticks its node itself
+            self._apply(node.tick(self._node, now=time.time_ns()))
+
+    def _clustered(self, out: PeerOutput) -> None:
+        """Take what the cluster member did: member events, record changes."""
+        for event in out.members:
+            m = event.member
+            log.info("member %s: %s (incarnation %d)", m.name, event.kind.value, m.incarnation)
+        if not (out.changed or out.changes):
+            return
+        self._version += 1
+        self.merges += 1
+        for change in out.changes:
+            self.events[change.service.status.label()] += 1
+            log.info(
+                "service %s %s on %s: %s -> %s",
+                change.service.name,
+                change.service.id,
+                change.service.hostname,
+                change.previous_status.label(),
+                change.service.status.label(),
+            )
+        if self.reconciler is not None:
+            self.reconciler.update(self.state())
+        self._notify()
 
     # ------------------------------------------------------------------ the Catalog
 
     def state(self) -> ClusterState:
         """Return the current cluster state."""
-        return self._node.state
+        return self._node.state if self.gossip is None else self.gossip.peer.state
 
     def members(self) -> Mapping[str, int]:
-        """Return the cluster's members (today: this node) and when each last changed."""
-        own = self._node.state.servers.get(self.hostname)
-        return {self.hostname: own.last_updated if own is not None else UNIX_EPOCH}
+        """Return the cluster's live members (this node among them) and when each one's
+        services last changed."""
+        state = self.state()
+        names = [self.hostname]
+        if self.gossip is not None:
+            names = [
+                m.name
+                for m in self.gossip.peer.membership.members.values()
+                if m.state in (NodeState.ALIVE, NodeState.SUSPECT)
+            ]
+        servers = state.servers
+        return {
+            name: servers[name].last_updated if name in servers else UNIX_EPOCH
+            for name in sorted(names)
+        }
 
     async def changes(self) -> AsyncIterator[ClusterState]:
         """Yield the state now, then after every change (a slow reader skips to the newest)."""
         seen = self._version
-        yield self._node.state
+        yield self.state()
         while True:
             if self._version == seen:
                 await self._change.wait()
             seen = self._version
-            yield self._node.state
+            yield self.state()
 
     async def drain(self, service_id: str) -> Service | None:
         """Return an own service set to DRAINING, or None when there is no such live one."""
+        if self.gossip is not None:
+            if not self.gossip.drain(service_id):
+                return None
+            log.info("drained %s on request", service_id)
+            return self.state().get(self.hostname, service_id)
         step = node.drain(self._node, service_id, now=time.time_ns())
         if step is None:
             return None
@@ -244,7 +298,7 @@ class Daemon:
         return healthy, details
 
     def _own_count(self) -> int:
-        return sum(1 for r in self._node.state.own_records() if r.status is not Status.TOMBSTONE)
+        return sum(1 for r in self.state().own_records() if r.status is not Status.TOMBSTONE)
 
     # ------------------------------------------------------------------ metrics
 
@@ -298,7 +352,7 @@ class Daemon:
             self.reconciler.settings = _with_template(
                 self.reconciler.settings, template, h.template_file
             )
-            self.reconciler.update(self._node.state)
+            self.reconciler.update(self.state())
         return said
 
     # ------------------------------------------------------------------ running
@@ -314,15 +368,23 @@ class Daemon:
         server = await http.serve(app, host, port)
         log.info("HTTP API on http://%s:%d", host, port)
         observations: asyncio.Queue[HostObservation] = asyncio.Queue()
-        parts = {
+        jobs = {
             "discovery": self.host.run(observations),
             "state updates": self._follow(observations),
             "ticks": self._ticks(),
         }
+        if self.gossip is not None:
+            try:
+                await self.gossip.start()
+            except OSError:
+                await server.stop()
+                raise
+            log.info("gossip on %s:%d (UDP and TCP)", self.advertise_ip, self.gossip.port)
+            jobs["the cluster join"] = self._join()
         if self.reconciler is not None:
-            self.reconciler.update(self._node.state)
-            parts["the HAProxy loop"] = self.reconciler.run()
-        tasks = [asyncio.create_task(coro, name=name) for name, coro in parts.items()]
+            self.reconciler.update(self.state())
+            jobs["the HAProxy loop"] = self.reconciler.run()
+        tasks = [asyncio.create_task(coro, name=name) for name, coro in jobs.items()]
         stopping = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -340,8 +402,19 @@ class Daemon:
             for part in tasks:
                 part.cancel()
             await asyncio.gather(stopping, *tasks, return_exceptions=True)
-            # Both bounded (the API ~0.3 s, HAProxy STOP_GRACE): the daemon exits within 1 s.
-            await asyncio.gather(server.stop(), self._release())
+            # All bounded (the API ~0.3 s, HAProxy STOP_GRACE, the leave 0.5 s): the daemon
+            # exits within 1 s. Peers hear the leave and tombstone our services at once.
+            await asyncio.gather(server.stop(), self._release(), self._leave())
+
+    async def _join(self) -> None:
+        """Join through the seeds (again and again until one answers), then stay."""
+        assert self.gossip is not None
+        await self.gossip.join_until_answered(parts.seed_addresses(self.config))
+        await asyncio.Event().wait()  # a job runs until cancelled
+
+    async def _leave(self) -> None:
+        if self.gossip is not None:
+            await self.gossip.leave()
 
     async def _follow(self, observations: asyncio.Queue[HostObservation]) -> None:
         while True:

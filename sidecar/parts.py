@@ -8,10 +8,20 @@ decides anything: it maps configuration keys onto the constructors' arguments.
 
 from __future__ import annotations
 
+import ipaddress
+import random
+import secrets
+import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from sidecar.adapters.gossip import GossipTransport
 from sidecar.adapters.haproxy import HaproxyOptions
 from sidecar.adapters.static import StaticDiscovery
+from sidecar.cluster import membership
+from sidecar.cluster.crypto import Keyring
+from sidecar.cluster.peer import Output, Peer
 from sidecar.config import Config
 from sidecar.host import HostDiscovery
 from sidecar.reconcile.desired import HaproxySettings
@@ -87,4 +97,64 @@ def haproxy_settings(config: Config, template: str | None) -> HaproxySettings:
         hard_stop_after=h.hard_stop_after,
         template=template,
         template_name=h.template_file or "the shipped template",
+    )
+
+
+CLUSTER_LEAVE_GRACE = 0.5
+"""Seconds a stopping daemon keeps gossiping its leave (its whole stop stays under 1 s)."""
+
+
+def node_meta(config: Config) -> bytes:
+    """Return this node's memberlist meta, as Go's Sidecar sends it (cluster-wire.md §6.1)."""
+    name = config.sidecar.cluster_name
+    return b'{"ClusterName":"' + name.encode() + b'","State":"Running"}'
+
+
+def seed_addresses(config: Config) -> list[tuple[str, int]]:
+    """Return the seeds as (host, port), the port `bind_port` where a seed names none."""
+    default = config.sidecar.bind_port
+    found: list[tuple[str, int]] = []
+    for seed in config.sidecar.seeds:
+        if seed.startswith("["):
+            host, _, rest = seed[1:].partition("]")
+            found.append((host, int(rest[1:]) if rest else default))
+        elif seed.count(":") == 1:
+            host, _, port = seed.partition(":")
+            found.append((host, int(port)))
+        else:
+            found.append((seed, default))
+    return found
+
+
+def cluster(
+    config: Config, *, hostname: str, advertise_ip: str, on_output: Callable[[Output], None]
+) -> GossipTransport:
+    """Return this host's cluster member: a `Peer` named `hostname` (as in its records),
+    advertising `advertise_ip` and `bind_port`, and its gossip transport bound there.
+    Raises ValueError for an advertise IP that is not IPv4 (the transport is IPv4)."""
+    c = config.sidecar
+    if ipaddress.ip_address(advertise_ip).version != 4:
+        raise ValueError(f"the cluster needs an IPv4 advertise IP, not {advertise_ip}")
+    settings = membership.Config(
+        name=hostname,
+        addr=socket.inet_aton(advertise_ip),
+        port=c.bind_port,
+        cluster_name=c.cluster_name,
+        meta=node_meta(config),
+    )
+    keys = c.gossip_keys()
+    keyring = Keyring(keys) if keys else None
+    peer = Peer(
+        settings,
+        random.Random(),
+        now=time.monotonic_ns(),
+        keyring=keyring,
+        nonce=(lambda: secrets.token_bytes(12)) if keyring is not None else None,
+    )
+    return GossipTransport(
+        peer,
+        bind_host=advertise_ip,
+        on_output=on_output,
+        keyring=keyring,
+        leave_grace=CLUSTER_LEAVE_GRACE,
     )
