@@ -10,6 +10,7 @@
 #
 #   HAPROXY_BIND_IP=127.0.0.168   frontends on loopback: nothing to bind, nothing exposed
 #   SIDECAR_ADVERTISE_IP=127.0.0.1  where Docker publishes ports, reachable from here
+#   SIDECAR_SEEDS=<the advertise IP>  a cluster of one; name other hosts to join them
 #   HAPROXY_STOP_ON_EXIT=true     Ctrl-C stops the HAProxy it started (a daemon leaves it)
 #   HAPROXY_CONFIG_FILE, HAPROXY_PID_FILE, HAPROXY_MASTER_SOCKET: under /tmp/sidecar-run
 #
@@ -34,6 +35,8 @@ home=/tmp/sidecar-run
 mkdir -p "$home"
 export HAPROXY_BIND_IP=${HAPROXY_BIND_IP:-127.0.0.168}
 export SIDECAR_ADVERTISE_IP=${SIDECAR_ADVERTISE_IP:-127.0.0.1}
+# A cluster of one (gossip on the advertise IP's port 7946) unless seeds are given.
+export SIDECAR_SEEDS=${SIDECAR_SEEDS:-$SIDECAR_ADVERTISE_IP}
 export HAPROXY_STOP_ON_EXIT=${HAPROXY_STOP_ON_EXIT:-true}
 export HAPROXY_CONFIG_FILE=${HAPROXY_CONFIG_FILE:-$home/haproxy.cfg}
 export HAPROXY_PID_FILE=${HAPROXY_PID_FILE:-$home/haproxy.pid}
