@@ -29,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sidecar import parts
 from sidecar.adapters import http
 from sidecar.adapters.gossip import GossipTransport
+from sidecar.adapters.gossip import show as gossip_address
 from sidecar.adapters.haproxy import Haproxy
 from sidecar.adapters.ipbind import IpBinder
 from sidecar.cluster.messages import NodeState
@@ -40,7 +41,7 @@ from sidecar.reconcile.loop import Reconciler
 from sidecar.state import node
 from sidecar.state.discovery import Rejected
 from sidecar.state.model import ClusterState, Service, Status
-from sidecar.state.times import UNIX_EPOCH
+from sidecar.state.times import UNIX_EPOCH, format_time
 
 log = logging.getLogger("sidecar.daemon")
 
@@ -201,6 +202,38 @@ class Daemon:
             name: servers[name].last_updated if name in servers else UNIX_EPOCH
             for name in sorted(names)
         }
+
+    def member_list(self) -> Sequence[Mapping[str, Any]]:
+        """Return every member known, this node included: name, state (alive, suspect, dead,
+        left), address, incarnation and last change (RFC 3339); without seeds, this node."""
+        if self.gossip is None:
+            return [
+                {
+                    "Name": self.hostname,
+                    "State": "alive",
+                    "Address": self.advertise_ip,
+                    "Incarnation": 0,
+                    "LastChange": None,
+                }
+            ]
+        peer = self.gossip.peer
+        # Membership times are monotonic; shown on the wall clock.
+        offset = time.time_ns() - time.monotonic_ns()
+        found = []
+        for m in sorted(peer.membership.members.values(), key=lambda m: m.name):
+            state = m.state.name.lower()
+            if m.state is NodeState.DEAD and m.name in peer.left:
+                state = "left"
+            found.append(
+                {
+                    "Name": m.name,
+                    "State": state,
+                    "Address": gossip_address(m.address),
+                    "Incarnation": m.incarnation,
+                    "LastChange": format_time(m.state_change + offset),
+                }
+            )
+        return found
 
     async def changes(self) -> AsyncIterator[ClusterState]:
         """Yield the state now, then after every change (a slow reader skips to the newest)."""
@@ -485,6 +518,7 @@ class _Collector:
             checks.add_metric([result], d.host.check_results.get(result, 0))
         yield checks
         yield from _haproxy_metrics(d)
+        yield from _gossip_metrics(d)
 
 
 def _haproxy_metrics(d: Daemon) -> Iterable[Any]:
@@ -502,3 +536,51 @@ def _haproxy_metrics(d: Daemon) -> Iterable[Any]:
     ]
     for name, text, value in figures:
         yield CounterMetricFamily(f"sidecar_haproxy_{name}", text, value=value)
+
+
+def _gossip_metrics(d: Daemon) -> Iterable[Any]:
+    if d.gossip is None:
+        return
+    peer, stats = d.gossip.peer, d.gossip.stats
+    messages = CounterMetricFamily(
+        "sidecar_gossip_messages",
+        "Gossip messages sent and received (UDP), by type",
+        labels=["direction", "type"],
+    )
+    for key, count in sorted(peer.counters.items()):
+        direction, _, kind = key.partition(".")
+        messages.add_metric([direction, kind], count)
+    yield messages
+    moved = CounterMetricFamily(
+        "sidecar_gossip_bytes", "Gossip bytes moved", labels=["direction", "transport"]
+    )
+    moved.add_metric(["received", "udp"], stats.bytes_in)
+    moved.add_metric(["sent", "udp"], stats.bytes_out)
+    moved.add_metric(["received", "tcp"], stats.stream_bytes_in)
+    moved.add_metric(["sent", "tcp"], stats.stream_bytes_out)
+    yield moved
+    members = GaugeMetricFamily("sidecar_gossip_members", "Members by state", labels=["state"])
+    by_state = Counter(str(m["State"]) for m in d.member_list())
+    for state in ("alive", "suspect", "dead", "left"):
+        members.add_metric([state], by_state.get(state, 0))
+    yield members
+    pulls = CounterMetricFamily(
+        "sidecar_gossip_push_pulls", "Push/pulls this node started", labels=["result"]
+    )
+    pulls.add_metric(["ok"], stats.push_pulls_ok)
+    pulls.add_metric(["failed"], stats.push_pulls_failed)
+    yield pulls
+    swim = peer.membership.counters
+    figures = [
+        ("probes", "Probes this node made", swim["probes"]),
+        ("probes_failed", "Probes that failed (each raised a suspicion)", swim["probes_failed"]),
+        ("refutations", "Suspicions or deaths of this node it refuted", swim["refutations"]),
+    ]
+    for name, text, value in figures:
+        yield CounterMetricFamily(f"sidecar_gossip_{name}", text, value=value)
+    rejected = CounterMetricFamily(
+        "sidecar_gossip_rejected", "Peer input refused, by kind", labels=["kind"]
+    )
+    for kind, count in sorted(stats.rejected.items()):
+        rejected.add_metric([kind], count)
+    yield rejected

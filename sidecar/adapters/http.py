@@ -113,6 +113,11 @@ class Catalog(Protocol):
         """Yield the current state at once, then the state after each change, until closed."""
         ...
 
+    def member_list(self) -> Sequence[Mapping[str, Any]]:
+        """Return every member this node knows, itself included, with its state (`alive`,
+        `suspect`, `dead`, `left`), address, incarnation and last change (JSON-ready)."""
+        ...
+
     async def drain(self, service_id: str) -> Service | None:
         """Return the own service now DRAINING, or None if there is no such live own service."""
         ...
@@ -593,6 +598,11 @@ async def _rejections(request: web.Request) -> web.StreamResponse:
     return _json(document_json({"Rejections": rejections}))
 
 
+async def _members(request: web.Request) -> web.StreamResponse:
+    members = list(request.app[_API].catalog.member_list())
+    return _json(document_json({"Members": members}))
+
+
 async def _healthz(request: web.Request) -> web.StreamResponse:
     healthy, details = request.app[_API].catalog.health()
     document: dict[str, Any] = {"status": "ok" if healthy else "unhealthy"}
@@ -647,6 +657,7 @@ def make_app(
     routes.add_post("/api/services/{id}/drain", _drain)
     routes.add_get("/api/plan", _plan)
     routes.add_get("/api/rejections", _rejections)
+    routes.add_get("/api/members", _members)
     routes.add_get("/healthz", _healthz)
     routes.add_get("/metrics", _metrics)
     return app

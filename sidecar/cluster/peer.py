@@ -171,6 +171,8 @@ class Peer:
         self.counters: Counter[str] = Counter()
         """Messages by direction and type (`sent.alive`, `received.user`, ...), for metrics;
         membership's own are in `membership.counters`."""
+        self.left: set[str] = set()
+        """Members that left gracefully (membership holds them as dead)."""
         self._departed: dict[str, tuple[Address, int]] = {}
         self._next_reconnect = now + RECONNECT_INTERVAL
         self._decoded: dict[bytes, Service] = {}
@@ -421,11 +423,16 @@ class Peer:
                 self._take_step(protocol.peer_died(self.node, name, now=wall), now=now, out=out)
                 if event.kind is EventKind.DEAD and name != self.name:
                     self._departed[name] = (event.member.address, now)
+                    self.left.discard(name)
                 else:
                     self._departed.pop(name, None)
+                    self.left.add(name)
             elif event.kind is EventKind.JOINED:
                 self.node = protocol.peer_back(self.node, name)
                 self._departed.pop(name, None)
+                self.left.discard(name)
+            elif event.kind is EventKind.REAPED:
+                self.left.discard(name)
 
     def _emit(self, result: MembershipOutput, out: _Out) -> None:
         encoded: dict[tuple[Packet, ...], bytes] = {}

@@ -31,6 +31,19 @@ def services(address: str) -> dict[str, object]:
     return json.loads(reply.body)
 
 
+def member_states(address: str) -> dict[str, str]:
+    reply = http_request(f"http://{address}/api/members")
+    assert reply.status == 200
+    return {m["Name"]: m["State"] for m in json.loads(reply.body)["Members"]}
+
+
+def metric(address: str, name: str) -> float:
+    """Return the sum of a metric's samples at `address` (0 when absent)."""
+    reply = http_request(f"http://{address}/metrics")
+    lines = reply.body.decode().splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(name))
+
+
 def statuses(address: str) -> dict[str, int]:
     """Return hostname/service name -> status as the daemon at `address` shows them."""
     document = services(address)
@@ -94,6 +107,10 @@ def test_daemons_join_share_services_and_see_a_leave_and_a_crash(cluster):
         return True
 
     wait_for(everyone_sees_everything, what="three members sharing three services", timeout=20)
+    assert member_states(first) == dict.fromkeys(names, "alive")
+    assert metric(first, "sidecar_gossip_messages_total") > 0
+    assert metric(first, 'sidecar_gossip_members{state="alive"}') == 3
+    assert metric(first, "sidecar_gossip_push_pulls_total") >= 0
 
     # SIGTERM: a graceful leave, seen at once.
     stopped = time.monotonic()
@@ -108,6 +125,7 @@ def test_daemons_join_share_services_and_see_a_leave_and_a_crash(cluster):
     )
     assert time.monotonic() - stopped < 2.0  # the exit (< 1 s) and the leave, not a timeout
     assert set(services(first)["ClusterMembers"]) == {first_name, third_name}
+    assert member_states(first)[second_name] == "left"
 
     # kill -9: no word; the suspicion bound of a 2-node list after it (and probing).
     minimum, _ = suspicion_bounds(Config(name="x", addr=b"\0\0\0\0", port=0), 2)
@@ -119,3 +137,4 @@ def test_daemons_join_share_services_and_see_a_leave_and_a_crash(cluster):
         timeout=minimum / 1e9 + 10,
     )
     assert set(services(first)["ClusterMembers"]) == {first_name}
+    assert member_states(first)[third_name] == "dead"

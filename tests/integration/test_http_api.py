@@ -95,6 +95,9 @@ class MemoryCatalog:
     def members(self) -> Mapping[str, int]:
         return self._members
 
+    def member_list(self) -> Sequence[Mapping[str, Any]]:
+        return [{"Name": name, "State": "alive"} for name in sorted(self._members)]
+
     async def publish(self, state: ClusterState) -> None:
         async with self._changed:
             self._state = state

@@ -192,3 +192,17 @@ def test_a_part_that_stops_stops_the_daemon_naming_it(tmp_path, caplog):
     took = asyncio.run(scenario())
     assert took < 5  # the first tick, a second in
     assert "ticks stopped (ZeroDivisionError('division by zero')); stopping" in caplog.text
+
+
+def test_without_seeds_the_members_are_this_host_alone():
+    alone = daemon()
+    assert alone.gossip is None
+    assert [(m["Name"], m["State"]) for m in alone.member_list()] == [("me", "alive")]
+    assert list(alone.members()) == ["me"]
+
+
+def test_with_seeds_the_daemon_is_a_cluster_member_that_has_not_started():
+    member = daemon(SIDECAR_SEEDS="127.0.0.1")
+    assert member.gossip is not None
+    assert member.gossip.peer.name == "me"
+    assert [(m["Name"], m["State"]) for m in member.member_list()] == [("me", "alive")]
