@@ -711,6 +711,9 @@ class StreamParser:
             self._state = _ENCRYPTED
             self._wanted = 4
             return True
+        if self._keyring is not None and self._allow_encrypt:
+            # As Go: with a key, whatever is not encrypted under it is refused.
+            raise DecodeError("encryption is configured but the stream is not encrypted")
         if kind == MessageType.COMPRESS and self._allow_compress:
             self._state = _COMPRESSED
             return True

@@ -5,11 +5,14 @@ service each, HAProxy off; the second and third join through the first as their 
 - every daemon lists every member in `ClusterMembers` and every service ALIVE;
 - SIGTERM of one: it leaves, and the others tombstone its service at once (under 1 s);
 - kill -9 of one: the others declare it dead and tombstone its service within the
-  suspicion bound (3 members: 5 s, plus probing).
+  suspicion bound (3 members: 5 s, plus probing);
+- with a gossip key, a daemon with another key, one with none, and one of another cluster
+  name are all refused (counted), and the cluster's view stays its own.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import sys
@@ -58,7 +61,7 @@ def statuses(address: str) -> dict[str, int]:
 def cluster(spawn, loopback, tmp_path):
     """Factory: start a daemon named `name` on a fresh loopback address, seeded by `seed`."""
 
-    def start(name: str, seed: str | None = None) -> tuple[str, object]:
+    def start(name: str, seed: str | None = None, **settings: str) -> tuple[str, object]:
         ip = loopback.address([7777, 7946])
         home = tmp_path / name
         home.mkdir()
@@ -81,6 +84,7 @@ def cluster(spawn, loopback, tmp_path):
             SIDECAR_DISCOVERY="static",
             STATIC_CONFIG_FILE=str(home / "static.json"),
             HAPROXY_DISABLE="true",
+            **settings,
         )
         proc = spawn.start([sys.executable, "-m", "sidecar", "run"], name=name, env=env, cwd=REPO)
         return f"{ip}:7777", (proc, env["SIDECAR_HOSTNAME"])
@@ -138,3 +142,31 @@ def test_daemons_join_share_services_and_see_a_leave_and_a_crash(cluster):
     )
     assert set(services(first)["ClusterMembers"]) == {first_name}
     assert member_states(first)[third_name] == "dead"
+
+
+def test_a_gossip_key_or_a_cluster_name_keeps_out_who_does_not_share_it(cluster):
+    key = base64.b64encode(bytes(range(32))).decode()
+    first, (_, first_name) = cluster("k1", SIDECAR_GOSSIP_KEY=key)
+    seed = first.rsplit(":", 1)[0]
+    second, (_, second_name) = cluster("k2", seed, SIDECAR_GOSSIP_KEY=key)
+    wait_for(
+        lambda: all(
+            set(services(a)["ClusterMembers"]) == {first_name, second_name} for a in (first, second)
+        ),
+        what="two members sharing a key",
+        timeout=20,
+    )
+    other_key = base64.b64encode(bytes(32)).decode()
+    wrong, _ = cluster("k3", seed, SIDECAR_GOSSIP_KEY=other_key)
+    plain, _ = cluster("k4", seed)
+    stranger, _ = cluster("k5", seed, SIDECAR_GOSSIP_KEY=key, SIDECAR_CLUSTER_NAME="other")
+    # Each outsider tries to join (and keeps trying); the first refuses every attempt.
+    wait_for(
+        lambda: metric(first, "sidecar_gossip_rejected_total") >= 3,
+        what="three outsiders refused",
+        timeout=20,
+    )
+    assert set(services(first)["ClusterMembers"]) == {first_name, second_name}
+    assert set(member_states(first)) == {first_name, second_name}
+    for outsider in (wrong, plain, stranger):
+        assert len(services(outsider)["ClusterMembers"]) == 1

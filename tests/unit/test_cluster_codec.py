@@ -417,6 +417,10 @@ def test_encrypted_stream_format_and_aad():
     tampered = wire[:4] + bytes([wire[4]]) + wire[5:-1] + bytes([wire[-1] ^ 1])
     with pytest.raises(DecodeError, match="no key"):
         codec.decode_stream(tampered, keyring=KEYS)
+    # With a key, a plain stream (compressed or not) is refused, as Go refuses it.
+    for plain in (codec.encode_stream(Ack(3)), codec.encode_stream(Ack(3), compress=False)):
+        with pytest.raises(DecodeError, match="not encrypted"):
+            codec.decode_stream(plain, keyring=KEYS)
 
 
 def test_keyring_refuses_bad_keys_and_encryption_needs_a_nonce():
