@@ -40,7 +40,7 @@ from sidecar.reconcile.desired import HaproxySettings
 from sidecar.reconcile.loop import Reconciler
 from sidecar.state import node
 from sidecar.state.discovery import Rejected
-from sidecar.state.model import ClusterState, Service, Status
+from sidecar.state.model import ChangeEvent, ClusterState, Service, Status
 from sidecar.state.times import UNIX_EPOCH, format_time
 
 log = logging.getLogger("sidecar.daemon")
@@ -119,14 +119,16 @@ class Daemon:
     # ------------------------------------------------------------------ the state
 
     def _apply(self, step: node.Step) -> None:
-        """Take a step of this host's node; when the state changed, tell everyone who
-        follows it. (What the step would gossip waits for the cluster transport.)"""
+        """Take a step of this host's own node (no seeds: nothing is gossiped)."""
         self._node = step.node
-        if not step.changed:
-            return
+        if step.changed:
+            self._changed(step.events)
+
+    def _changed(self, events: Sequence[ChangeEvent]) -> None:
+        """The state changed: count and log its events, tell everyone who follows it."""
         self._version += 1
         self.merges += 1
-        for event in step.events:
+        for event in events:
             self.events[event.service.status.label()] += 1
             log.info(
                 "service %s (%s) on %s: %s -> %s",
@@ -137,7 +139,7 @@ class Daemon:
                 event.service.status.label(),
             )
         if self.reconciler is not None:
-            self.reconciler.update(self._node.state)
+            self.reconciler.update(self.state())
         self._notify()
 
     def _notify(self) -> None:
@@ -162,23 +164,8 @@ class Daemon:
         for event in out.members:
             m = event.member
             log.info("member %s: %s (incarnation %d)", m.name, event.kind.value, m.incarnation)
-        if not (out.changed or out.changes):
-            return
-        self._version += 1
-        self.merges += 1
-        for change in out.changes:
-            self.events[change.service.status.label()] += 1
-            log.info(
-                "service %s %s on %s: %s -> %s",
-                change.service.name,
-                change.service.id,
-                change.service.hostname,
-                change.previous_status.label(),
-                change.service.status.label(),
-            )
-        if self.reconciler is not None:
-            self.reconciler.update(self.state())
-        self._notify()
+        if out.changed or out.changes:
+            self._changed(out.changes)
 
     # ------------------------------------------------------------------ the Catalog
 
