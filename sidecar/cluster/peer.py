@@ -5,8 +5,9 @@ to the `Membership` machine and the wire codec. It is fed what the transport rec
 a datagram, a parsed TCP stream, a push/pull reply, a TCP ping's result — and the host's
 own news (an observation, a drain, a leave), each with `now` (monotonic ns, for membership
 timers) and `wall` (ns since the epoch, for record versions). Every input returns an
-`Output`: datagrams and TCP messages to send, as bytes; a push/pull to start; membership and
-record events; and why input was dropped. The transport moves bytes and keeps timers
+`Output`: datagrams and TCP messages to send, as bytes; the push/pulls to start (the
+periodic one, and reconnects to members held dead); membership and record events; and why
+input was dropped. The transport moves bytes and keeps timers
 (`next_wakeup`); it decides nothing. The daemon, `sidecar simulate` and the property
 simulation drive this same object.
 
