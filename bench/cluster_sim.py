@@ -106,9 +106,7 @@ def idle_traffic(nodes: int, services: int, seed: int) -> Iterator[str]:
     sim = Cluster(nodes, loss=0.0, seed=seed)
     for host in sim.hosts.values():
         for i in range(services):
-            service = sim.start(host, f"svc{i}", 8000 + i, 30000 + i)
-            host.running[service.id] = service
-        sim.observe(host)
+            sim.start(host, f"svc{i}", 8000 + i, 30000 + i)
     sim.run_until(90 * S)  # past the eager sends and the first refresh
     before = (sim.traffic.udp_bytes, sim.traffic.tcp_bytes, sim.traffic.datagrams)
     window = 120

@@ -114,7 +114,7 @@ def test_every_go_datagram_is_understood_and_every_probe_acked(name):
         else:
             peer.push_pull_reply(message, GO, now=T0, wall=WALL)
     now = T0
-    probes = acked = 0
+    probes = 0
     for row in recorded(name):
         if row["kind"] != "udp":
             continue
@@ -127,7 +127,5 @@ def test_every_go_datagram_is_understood_and_every_probe_acked(name):
             probes += 1
             answers = [codec.decode_packet(d.data) for d in out.datagrams if d.to == GO]
             assert any(Ack(ping.seq_no) in packet for packet in answers), ping
-            acked += 1
-    assert probes > 0
-    assert acked == probes
+    assert probes > 0  # the recordings hold Go's probes of py-node
     assert any(r.hostname.startswith("go") and r.name == "go-web" for r in peer.state.records())
