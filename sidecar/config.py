@@ -6,9 +6,8 @@ three layers, each later one overriding the earlier ones key by key:
 1. the TOML file (`sidecar.toml` by default; optional unless `required`), in the Go
    Sidecar's OLD layout: sections `[sidecar]`, `[docker_discovery]`, `[static_discovery]`,
    `[services]`, `[haproxy]`, `[listeners]`. Every setting has a key there, and unlike Go
-   OLD, `[sidecar] logging_level` is honoured. Go's `stats_addr`, `push_pull_interval` and
-   `gossip_messages` are accepted so that a Go file loads, and reported by `notices()` as
-   ignored. An unknown section or key is an error.
+   OLD, `[sidecar] logging_level` is honoured. Go's `stats_addr` is accepted so that a Go
+   file loads, and reported by `notices()` as ignored. An unknown section or key is an error.
 2. environment variables, under the Go Sidecar's NEW names (`ENV_VARS`). A variable that is
    set but empty counts as set, as in Go (`HAPROXY_BIND_IP=` means all interfaces), except
    that an empty list variable is an empty list. Lists split on commas and whitespace, both
@@ -494,6 +493,10 @@ class SidecarSettings(BaseModel):
     check_interval: Annotated[Duration, AfterValidator(_positive)] = 3.0
     health_rise: Threshold = 1
     health_fall: Threshold = 2
+    push_pull_interval: Annotated[Duration, AfterValidator(_not_negative)] = 20.0
+    """Seconds between full-state exchanges with a random member; 0 means Go's 79 s."""
+    gossip_messages: Annotated[StrictInt, AfterValidator(_between(0, 1000))] = 15
+    """Packets sent to each gossip target per 200 ms round at most; 0 means memberlist's 3."""
 
     @model_validator(mode="after")
     def _keyring_has_a_key(self) -> Self:
@@ -517,6 +520,14 @@ class SidecarSettings(BaseModel):
             return ()
         others = (gossip_key_bytes(k) for k in self.gossip_keyring)
         return (primary, *(k for k in others if k != primary))
+
+    def push_pull_seconds(self) -> float:
+        """Return the push/pull interval in seconds: Go's ALIVE_LIFESPAN - 1 s (79 s) for 0."""
+        return self.push_pull_interval or 79.0
+
+    def gossip_packets(self) -> int:
+        """Return the most packets per target per gossip round: memberlist's 3 for 0."""
+        return self.gossip_messages or 3
 
     def node_name(self) -> str:
         """Return this node's name: `hostname`, or the machine's host name when it is ""."""
@@ -690,6 +701,8 @@ ENV_VARS: Final[Mapping[str, tuple[str, str]]] = {
     "SIDECAR_CHECK_INTERVAL": ("sidecar", "check_interval"),
     "SIDECAR_HEALTH_RISE": ("sidecar", "health_rise"),
     "SIDECAR_HEALTH_FALL": ("sidecar", "health_fall"),
+    "SIDECAR_PUSH_PULL_INTERVAL": ("sidecar", "push_pull_interval"),
+    "SIDECAR_GOSSIP_MESSAGES": ("sidecar", "gossip_messages"),
     "DOCKER_URL": ("docker_discovery", "docker_url"),
     "STATIC_CONFIG_FILE": ("static_discovery", "config_file"),
     "STATIC_MAX_SIZE": ("static_discovery", "max_size"),
@@ -734,8 +747,6 @@ FLAGS: Final[Mapping[str, str]] = {
 # Keys of Go OLD's sidecar.toml that have no meaning here: accepted and ignored, with a notice.
 _GO_ONLY_KEYS: Final[Mapping[tuple[str, str], str]] = {
     ("sidecar", "stats_addr"): "statsd metrics are not supported",
-    ("sidecar", "push_pull_interval"): "memberlist timing is not configurable",
-    ("sidecar", "gossip_messages"): "memberlist timing is not configurable",
 }
 
 _SECRETS: Final = frozenset(

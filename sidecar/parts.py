@@ -141,6 +141,7 @@ def cluster(
         port=c.bind_port,
         cluster_name=c.cluster_name,
         meta=node_meta(config),
+        gossip_messages=c.gossip_packets(),
     )
     keys = c.gossip_keys()
     keyring = Keyring(keys) if keys else None
@@ -148,6 +149,7 @@ def cluster(
         settings,
         random.Random(),
         now=time.monotonic_ns(),
+        push_pull_interval=round(c.push_pull_seconds() * 1e9),
         keyring=keyring,
         nonce=(lambda: secrets.token_bytes(12)) if keyring is not None else None,
     )

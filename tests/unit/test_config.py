@@ -27,6 +27,8 @@ GO_DEFAULTS = {
     "sidecar.check_interval": 3.0,
     "sidecar.health_rise": 1,
     "sidecar.health_fall": 2,
+    "sidecar.push_pull_interval": 20.0,
+    "sidecar.gossip_messages": 15,
     "docker_discovery.docker_url": "unix:///var/run/docker.sock",
     "static_discovery.config_file": "static.json",
     "static_discovery.max_size": 4 * 1024 * 1024,
@@ -162,12 +164,11 @@ def test_go_toml_layout_is_read(in_tmp):
     assert origin["sidecar.logging_level"] == "sidecar.toml"
     assert origin["haproxy.disable"] == "sidecar.toml"
     assert origin["sidecar.bind_port"] == "default"
-    # Go-only keys load, and are reported as ignored
+    assert (cfg.sidecar.push_pull_interval, cfg.sidecar.gossip_messages) == (20.0, 20)
+    # the Go-only key loads, and is reported as ignored
     ignored = config.notices(cfg)
-    assert len(ignored) == 3
-    assert any("[sidecar] push_pull_interval: a Go Sidecar setting, ignored" in n for n in ignored)
-    assert any("gossip_messages" in n for n in ignored)
-    assert any("stats_addr" in n for n in ignored)
+    assert len(ignored) == 1
+    assert "[sidecar] stats_addr: a Go Sidecar setting, ignored" in ignored[0]
 
 
 def test_gos_two_slash_docker_url_is_refused_with_the_fix(in_tmp):
@@ -248,7 +249,7 @@ def test_no_unprefixed_fallbacks():
         # and unrelated SIDECAR_* variables are not errors
         "SIDECAR_REQUIRE": "docker,haproxy,netns",
         "SIDECAR_HYPOTHESIS_PROFILE": "ci",
-        "SIDECAR_GOSSIP_MESSAGES": "not even a number",
+        "SIDECAR_STATS_ADDR": "not even an address",
     }
     cfg = load(path=None, environ=environ)
     assert cfg == Config()
@@ -343,6 +344,23 @@ def test_duration_variables():
     )
     assert (cfg.haproxy.debounce_min, cfg.haproxy.debounce_max) == (0.0, 90.0)
     assert cfg.sidecar.check_interval == 0.5
+
+
+def test_gossip_timing_zero_means_gos_defaults_and_negative_is_refused():
+    cfg = load(
+        path=None, environ={"SIDECAR_PUSH_PULL_INTERVAL": "0", "SIDECAR_GOSSIP_MESSAGES": "0"}
+    )
+    assert (cfg.sidecar.push_pull_seconds(), cfg.sidecar.gossip_packets()) == (79.0, 3)
+    cfg = load(path=None, environ={"SIDECAR_PUSH_PULL_INTERVAL": "5s"})
+    assert (cfg.sidecar.push_pull_seconds(), cfg.sidecar.gossip_packets()) == (5.0, 15)
+    with pytest.raises(ConfigError) as caught:
+        load(
+            path=None,
+            environ={"SIDECAR_PUSH_PULL_INTERVAL": "-1s", "SIDECAR_GOSSIP_MESSAGES": "-2"},
+        )
+    text = str(caught.value)
+    assert "SIDECAR_PUSH_PULL_INTERVAL='-1s': negative" in text
+    assert "SIDECAR_GOSSIP_MESSAGES='-2': out of range (expected 0..1000)" in text
 
 
 def test_static_max_size_is_a_byte_count_from_the_file_or_the_environment(in_tmp):
