@@ -15,7 +15,8 @@ User messages (type 8) carry the node's records: `receive` ignores them, `send_u
 them. Gossip packs memberlist's broadcasts first, then user messages, in Go's 1,400-byte
 budget; pings, acks, indirect pings and nacks carry queued broadcasts too (piggybacking, as
 Go's `sendMsg`). Beyond Go, still wire-compatible: a queued user message goes to the gossip
-fanout at once (the eager push) and then on later gossip rounds up to its retransmit limit;
+fanout at once (the eager push) and then on later gossip rounds up to its retransmit limit
+(copies riding on pings and acks come on top: each reaches one node, a round three);
 a newer message under the same key replaces a queued one; and a message too large for any
 packet goes to the fanout as a TCP user message (`StreamSend`) instead of blocking the queue.
 """
@@ -843,7 +844,10 @@ class Membership:
                 continue
             used += broadcast.size
             extra.append(broadcast.message)
-            self._transmitted(broadcast, limit, user_limit)
+            if not isinstance(broadcast.message, User):
+                # A user message's limit counts rounds, each to the whole fanout: a copy
+                # riding on one ping or ack is extra, and must not use up a round.
+                self._transmitted(broadcast, limit, user_limit)
         out.sends.append(Send(to, (message, *extra)))
 
     def _ordered_broadcasts(self) -> list[_Broadcast]:

@@ -475,6 +475,21 @@ def test_user_messages_go_to_the_fanout_at_once_then_on_gossip_rounds_up_to_the_
     assert [q for q in m.queued() if isinstance(q, User)] == []
 
 
+def test_a_user_message_riding_on_acks_keeps_its_gossip_round() -> None:
+    # Found by the peer simulation: in a cluster of five, two acks used up a record's two
+    # rounds, so after the eager push it reached nobody else and one host missed it.
+    m = make()
+    with_peers(m, 4)
+    m.send_user([("web", b"v1")], T0)
+    for seq in range(1, 4):
+        ack = m.receive(Ping(seq, "me"), addr(5), T0 + seq).sends[0].messages
+        assert User(b"v1") in ack
+    gossip = m.tick(T0 + 200 * MS).sends
+    assert len({s.to for s in gossip}) == 3
+    assert all(User(b"v1") in s.messages for s in gossip)
+    assert [q for q in m.queued() if isinstance(q, User)] == []  # the limit (2) reached
+
+
 def test_a_newer_user_message_replaces_the_queued_one_under_its_key() -> None:
     m = make()
     m.send_user([("web", b"v1"), ("api", b"a1")], T0)  # alone: nobody to send to yet
