@@ -2,14 +2,14 @@
 HAProxy and the HTTP API, in one asyncio program.
 
 Data flows one way. `HostDiscovery` (Docker, static file, checks) emits what this host
-serves; the daemon stamps it into the cluster state with the core's `stamp` (and, every
-second, re-stamps and expires with `stamp`/`expire`); every new state goes to the
-reconcile loop (HAProxy and the bind IP follow it), to `/api/watch` subscribers, and is
-what the API and metrics read. The daemon is the only writer of the state, and writes only
-on the event loop. The cluster (gossip) will plug in as one more source of records and one
-more sink of changes.
+serves; the state owner (`sidecar.owner`) stamps it into the cluster state through this
+host's node — alone, or a cluster member whose peers' records merge in too — and re-stamps
+and expires every second. Every new state goes to the owner's sinks (the reconcile loop:
+HAProxy and the bind IP follow it) and to `/api/watch` subscribers, and is what the API and
+metrics read. The owner is the only writer of the state, and writes only on the event loop.
 
-What it decides is in the core and the reconcile loop; this module only wires them.
+What it decides is in the core, the cluster and the reconcile loop; this module wires them,
+answers the API and runs the jobs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -29,18 +29,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sidecar import parts
 from sidecar.adapters import http
 from sidecar.adapters.gossip import GossipTransport
-from sidecar.adapters.gossip import show as gossip_address
 from sidecar.adapters.haproxy import Haproxy
 from sidecar.adapters.ipbind import IpBinder
-from sidecar.cluster.messages import NodeState
-from sidecar.cluster.peer import Output as PeerOutput
 from sidecar.config import Config
 from sidecar.host import HostDiscovery, HostObservation
+from sidecar.owner import ClusterNode, HostNode, SoloNode, StateOwner
 from sidecar.reconcile.desired import HaproxySettings
 from sidecar.reconcile.loop import Reconciler
-from sidecar.state import node
 from sidecar.state.discovery import Rejected
-from sidecar.state.model import ChangeEvent, ClusterState, Service, Status
+from sidecar.state.model import ClusterState, Service, Status
 from sidecar.state.times import UNIX_EPOCH, format_time
 
 log = logging.getLogger("sidecar.daemon")
@@ -54,7 +51,10 @@ class DaemonFailed(RuntimeError):
 
 
 class Daemon:
-    """One host's sidecar. `run(stop)` until `stop` is set; see the module docstring."""
+    """One host's sidecar. `run(stop)` until `stop` is set; see the module docstring.
+
+    `clock` (wall ns) stamps this host's records when it has no seeds; a cluster member's
+    peer keeps its own clocks."""
 
     def __init__(
         self,
@@ -63,33 +63,45 @@ class Daemon:
         hostname: str,
         advertise_ip: str,
         template: str | None = None,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.config = config
         self.hostname = hostname
         self.advertise_ip = advertise_ip
-        # This host's protocol (stamp, expire, broadcast, merge): the core's one node.
-        self._node = node.Node.start(hostname, config.sidecar.cluster_name)
         self._rejected: tuple[Rejected, ...] = ()
         self._static_error: str | None = None  # why the static file is not used, if it is not
-        self._version = 0
-        self._change = asyncio.Event()  # set (and replaced) on every change
-        self.merges = 0  # state changes made (stamps, drains, expiries that changed something)
-        self.events: Counter[str] = Counter()  # change events by new status
         self.host = self._host_discovery()
-        # With seeds, this host is a cluster member: the gossip transport's peer then owns
-        # the node (it merges what peers send); without, the node is the daemon's alone.
-        self.gossip: GossipTransport | None = None
-        if config.sidecar.seeds:
-            self.gossip = parts.cluster(
-                config, hostname=hostname, advertise_ip=advertise_ip, on_output=self._clustered
-            )
+        self.owner = StateOwner(self._this_node(clock))
         self.haproxy: Haproxy | None = None
         self.addresses: IpBinder | None = None
         self.reconciler: Reconciler | None = None
         if not config.haproxy.disable:
             self._haproxy_parts(template)
+            assert self.reconciler is not None
+            self.owner.sinks.append(self.reconciler.update)
 
     # ------------------------------------------------------------------ wiring
+
+    def _this_node(self, clock: Callable[[], int]) -> HostNode:
+        """Return this host's node: with seeds a cluster member (its peer merges what peers
+        send), without, this host alone."""
+        c = self.config.sidecar
+        if not c.seeds:
+            return SoloNode(self.hostname, c.cluster_name, self.advertise_ip, clock=clock)
+        return ClusterNode(
+            lambda on_output: parts.cluster(
+                self.config,
+                hostname=self.hostname,
+                advertise_ip=self.advertise_ip,
+                on_output=on_output,
+            )
+        )
+
+    @property
+    def gossip(self) -> GossipTransport | None:
+        """Return the gossip transport of a cluster member; None for a host alone."""
+        node = self.owner.node
+        return node.transport if isinstance(node, ClusterNode) else None
 
     def _host_discovery(self) -> HostDiscovery:
         policy = parts.discovery_policy(
@@ -116,135 +128,51 @@ class Daemon:
         """Return the template's settings from the configuration (and the template's text)."""
         return parts.haproxy_settings(self.config, template)
 
-    # ------------------------------------------------------------------ the state
+    # ------------------------------------------------------------------ the sources
 
-    def _apply(self, step: node.Step) -> None:
-        """Take a step of this host's own node (no seeds: nothing is gossiped)."""
-        self._node = step.node
-        if step.changed:
-            self._changed(step.events)
-
-    def _changed(self, events: Sequence[ChangeEvent]) -> None:
-        """The state changed: count and log its events, tell everyone who follows it."""
-        self._version += 1
-        self.merges += 1
-        for event in events:
-            self.events[event.service.status.label()] += 1
-            log.info(
-                "service %s (%s) on %s: %s -> %s",
-                event.service.name,
-                event.service.id,
-                event.service.hostname,
-                event.previous_status.label(),
-                event.service.status.label(),
-            )
-        if self.reconciler is not None:
-            self.reconciler.update(self.state())
-        self._notify()
-
-    def _notify(self) -> None:
-        # Waiters hold the event they wait on; the next change gets a fresh one.
-        self._change.set()
-        self._change = asyncio.Event()
-
-    def _observe(self, observation: HostObservation) -> None:
+    def observe(self, observation: HostObservation) -> None:
+        """Take what host discovery saw: this host's services, what it refused and why."""
         self._rejected = observation.rejected
         self._static_error = observation.static_error
-        if self.gossip is not None:
-            self.gossip.observe(observation.services)  # its output comes to _clustered
-            return
-        self._apply(node.observe(self._node, observation.services, now=time.time_ns()))
-
-    def _tick(self) -> None:
-        if self.gossip is None:  # a cluster member's peer ticks its node itself
-            self._apply(node.tick(self._node, now=time.time_ns()))
-
-    def _clustered(self, out: PeerOutput) -> None:
-        """Take what the cluster member did: member events, record changes."""
-        for event in out.members:
-            m = event.member
-            log.info("member %s: %s (incarnation %d)", m.name, event.kind.value, m.incarnation)
-        if out.changed or out.changes:
-            self._changed(out.changes)
+        self.owner.observe(observation.services)
 
     # ------------------------------------------------------------------ the Catalog
 
     def state(self) -> ClusterState:
         """Return the current cluster state."""
-        return self._node.state if self.gossip is None else self.gossip.peer.state
+        return self.owner.state()
 
     def members(self) -> Mapping[str, int]:
         """Return the cluster's live members (this node among them) and when each one's
         services last changed."""
-        state = self.state()
-        names = [self.hostname]
-        if self.gossip is not None:
-            names = [
-                m.name
-                for m in self.gossip.peer.membership.members.values()
-                if m.state in (NodeState.ALIVE, NodeState.SUSPECT)
-            ]
-        servers = state.servers
+        servers = self.state().servers
+        live = (m.name for m in self.owner.node.members() if m.state in ("alive", "suspect"))
         return {
             name: servers[name].last_updated if name in servers else UNIX_EPOCH
-            for name in sorted(names)
+            for name in sorted(live)
         }
 
     def member_list(self) -> Sequence[Mapping[str, Any]]:
         """Return every member known, this node included: name, state (alive, suspect, dead,
-        left), address, incarnation and last change (RFC 3339); without seeds, this node."""
-        if self.gossip is None:
-            return [
-                {
-                    "Name": self.hostname,
-                    "State": "alive",
-                    "Address": self.advertise_ip,
-                    "Incarnation": 0,
-                    "LastChange": None,
-                }
-            ]
-        peer = self.gossip.peer
-        # Membership times are monotonic; shown on the wall clock.
-        offset = time.time_ns() - time.monotonic_ns()
-        found = []
-        for m in sorted(peer.membership.members.values(), key=lambda m: m.name):
-            state = m.state.name.lower()
-            if m.state is NodeState.DEAD and m.name in peer.left:
-                state = "left"
-            found.append(
-                {
-                    "Name": m.name,
-                    "State": state,
-                    "Address": gossip_address(m.address),
-                    "Incarnation": m.incarnation,
-                    "LastChange": format_time(m.state_change + offset),
-                }
-            )
-        return found
+        left), address, incarnation and last change (RFC 3339; null for a host alone)."""
+        return [
+            {
+                "Name": m.name,
+                "State": m.state,
+                "Address": m.address,
+                "Incarnation": m.incarnation,
+                "LastChange": None if m.last_change is None else format_time(m.last_change),
+            }
+            for m in self.owner.node.members()
+        ]
 
-    async def changes(self) -> AsyncIterator[ClusterState]:
+    def changes(self) -> AsyncIterator[ClusterState]:
         """Yield the state now, then after every change (a slow reader skips to the newest)."""
-        seen = self._version
-        yield self.state()
-        while True:
-            if self._version == seen:
-                await self._change.wait()
-            seen = self._version
-            yield self.state()
+        return self.owner.changes()
 
     async def drain(self, service_id: str) -> Service | None:
         """Return an own service set to DRAINING, or None when there is no such live one."""
-        if self.gossip is not None:
-            if not self.gossip.drain(service_id):
-                return None
-            log.info("drained %s on request", service_id)
-            return self.state().get(self.hostname, service_id)
-        step = node.drain(self._node, service_id, now=time.time_ns())
-        if step is None:
-            return None
-        self._apply(step)
-        log.info("drained %s on request", service_id)
-        return self._node.state.get(self.hostname, service_id)
+        return self.owner.drain(service_id)
 
     def plan(self) -> Mapping[str, Any] | None:
         """Return what is pending on this host's HAProxy (the `sidecar plan --json` document)
@@ -441,12 +369,12 @@ class Daemon:
             observation = await observations.get()
             while not observations.empty():  # each is whole: only the newest matters
                 observation = observations.get_nowait()
-            self._observe(observation)
+            self.observe(observation)
 
     async def _ticks(self) -> None:
         while True:
             await asyncio.sleep(TICK)
-            self._tick()
+            self.owner.tick()
 
     async def _release(self) -> None:
         h = self.config.haproxy
@@ -490,12 +418,12 @@ class _Collector:
             "sidecar_peers", "Cluster members other than this node", value=len(d.members()) - 1
         )
         yield CounterMetricFamily(
-            "sidecar_state_changes", "Changes made to the cluster state", value=d.merges
+            "sidecar_state_changes", "Changes made to the cluster state", value=d.owner.merges
         )
         events = CounterMetricFamily(
             "sidecar_service_events", "Services that appeared or changed status", labels=["status"]
         )
-        for label, count in sorted(d.events.items()):
+        for label, count in sorted(d.owner.events.items()):
             events.add_metric([label.lower()], count)
         yield events
         checks = CounterMetricFamily(

@@ -19,9 +19,9 @@ T0 = 1_700_000_000 * times.NANOS_PER_SECOND
 ENV = {"SIDECAR_DISCOVERY": "static", "HAPROXY_BIND_IP": "127.0.0.9"}
 
 
-def daemon(**env):
+def daemon(clock=lambda: T0, **env):
     config = configuration.load(path=None, environ={**ENV, **env})
-    return Daemon(config, hostname="me", advertise_ip="127.0.0.1")
+    return Daemon(config, hostname="me", advertise_ip="127.0.0.1", clock=clock)
 
 
 def web(sid="a1", status=Status.ALIVE):
@@ -66,7 +66,7 @@ def test_observations_become_own_records_and_metrics_count_them():
     d = daemon()
 
     async def scenario():
-        d._observe(HostObservation((web("a1"), web("b2", Status.UNHEALTHY)), (), T0))
+        d.observe(HostObservation((web("a1"), web("b2", Status.UNHEALTHY)), (), T0))
         return d.metrics()
 
     families = {f.name: f for f in text_string_to_metric_families(asyncio.run(scenario()).decode())}
@@ -86,7 +86,7 @@ def test_a_drain_is_refused_for_an_unknown_or_foreign_id():
     d = daemon()
 
     async def scenario():
-        d._observe(HostObservation((web("a1"),), (), T0))
+        d.observe(HostObservation((web("a1"),), (), T0))
         return await d.drain("nope"), await d.drain("a1")
 
     missing, drained = asyncio.run(scenario())
@@ -145,7 +145,7 @@ def test_rejections_name_what_the_routing_table_left_out(tmp_path):
         assert d.reconciler is not None
         task = asyncio.create_task(d.reconciler.run())
         try:
-            d._observe(HostObservation((web("a1"), udp_only), (), T0))
+            d.observe(HostObservation((web("a1"), udp_only), (), T0))
             await d.reconciler.settled()
             return d.rejections()
         finally:
@@ -179,7 +179,7 @@ def test_a_part_that_stops_stops_the_daemon_naming_it(tmp_path, caplog):
     def broken_tick() -> None:
         raise ZeroDivisionError("division by zero")
 
-    d._tick = broken_tick  # the 1 s tick: re-stamp and expire
+    d.owner.tick = broken_tick  # the 1 s tick: re-stamp and expire
 
     async def scenario() -> float:
         began = time.monotonic()
