@@ -15,6 +15,8 @@ by `TCP_TIMEOUT` and by `Limits.stream_bytes`, and at most `MAX_CONNECTIONS` are
 (one more is closed as soon as it is accepted). Outgoing exchanges (push/pull, TCP user
 messages, fallback pings) are bounded the same way. Peer input is untrusted: whatever it sends
 costs a counter and a rate-limited warning (`REJECT_LOG_INTERVAL` per kind), never the node.
+A peer of another cluster (its cluster name is not ours) is refused, counted as `cluster_name`
+and logged once per address and name (`FOREIGN_LOGGED` of them at most).
 
 Life cycle: `start()`, `join(seeds)` (or `join_until_answered`, a task the daemon runs),
 `observe`/`drain` for this host's news, then `leave()` (gossip the leave for up to
@@ -64,6 +66,9 @@ TIMER_RETRY: Final = 0.1
 """Seconds before the timer runs again after the peer failed on a tick."""
 REJECT_LOG_INTERVAL: Final = 10.0
 """Seconds between two warnings of the same kind of rejected input."""
+FOREIGN_LOGGED: Final = 256
+"""Peers of other clusters (address and name) remembered as logged; later ones are logged
+as any rejected input, rate-limited (a flood of made-up sources must not grow memory)."""
 JOIN_FIRST_DELAY: Final = 1.0
 JOIN_MAX_DELAY: Final = 30.0
 ANY_HOST: Final = frozenset({"", "0.0.0.0"})
@@ -209,6 +214,7 @@ class GossipTransport:
         self._udp_batch = udp_batch
         self._leave_grace = leave_grace
         self._rejects = RejectLog()
+        self._foreign_logged: set[tuple[bytes, str]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: socket.socket | None = None
         self._server: asyncio.Server | None = None
@@ -627,6 +633,8 @@ class GossipTransport:
             self._spawn(self._push_pull_quietly(target))
         for line in out.rejected:
             self._reject(line)
+        for source, cluster_name in out.foreign:
+            self._refuse_foreign(source, cluster_name)
         if self._on_output is not None and (
             out.members or out.changes or out.changed or out.rejected
         ):
@@ -655,6 +663,19 @@ class GossipTransport:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("gossip: a TCP exchange failed", exc_info=task.exception())
+
+    def _refuse_foreign(self, source: Address, cluster_name: str) -> None:
+        _bump(self.stats.rejected, "cluster_name")
+        ours = self.peer.membership.config.cluster_name
+        line = f"{show(source)}: its cluster name {cluster_name!r} is not ours ({ours!r})"
+        key = (source.ip, cluster_name)
+        if key in self._foreign_logged:
+            return
+        if len(self._foreign_logged) >= FOREIGN_LOGGED:
+            self._warn("cluster_name", line)
+            return
+        self._foreign_logged.add(key)
+        log.warning("gossip: refused %s; not logged again for this address and name", line)
 
     def _reject(self, line: str) -> None:
         kind = rejection_kind(line)

@@ -41,11 +41,14 @@ from sidecar.cluster.membership import (
 from sidecar.cluster.membership import Output as MembershipOutput
 from sidecar.cluster.messages import (
     Ack,
+    Alive,
+    Dead,
     NodeState,
     Packet,
     Ping,
     PushPull,
     Stream,
+    Suspect,
     User,
 )
 from sidecar.state import codec as records
@@ -97,6 +100,8 @@ class Output:
     """Whether the cluster state changed (the reconciler has work)."""
     rejected: tuple[str, ...] = ()
     """Why input was dropped: one line each, for a rate-limited log and a counter."""
+    foreign: tuple[tuple[Address, str], ...] = ()
+    """Input refused for its cluster name: (source, the cluster name it carried)."""
 
 
 @dataclass(slots=True)
@@ -109,6 +114,7 @@ class _Out:
     changes: list[ChangeEvent] = field(default_factory=list)
     changed: bool = False
     rejected: list[str] = field(default_factory=list)
+    foreign: list[tuple[Address, str]] = field(default_factory=list)
 
     def freeze(self) -> Output:
         return Output(
@@ -120,6 +126,7 @@ class _Out:
             tuple(self.changes),
             self.changed,
             tuple(self.rejected),
+            tuple(self.foreign),
         )
 
 
@@ -299,6 +306,11 @@ class Peer:
                 record = self._decode_record(message.payload, source, out)
                 if record is not None:
                     into.append(record)
+            elif (
+                isinstance(message, Alive | Suspect | Dead)
+                and message.cluster_name != self.membership.config.cluster_name
+            ):
+                out.foreign.append((source, message.cluster_name))
             else:
                 result = self.membership.receive(message, source, now)
                 self._take_membership(result, now=now, wall=wall, out=out)
@@ -318,10 +330,7 @@ class Peer:
         reply: bytes | None = None
         if isinstance(message, PushPull):
             if message.cluster_name != self.membership.config.cluster_name:
-                out.rejected.append(
-                    f"push/pull from {_show(source)}: cluster name "
-                    f"{message.cluster_name!r} is not ours"
-                )
+                out.foreign.append((source, message.cluster_name))
             else:
                 reply = self.push_pull_request(join=message.join)
                 self._merge_push_pull(message, source, now=now, wall=wall, out=out)
@@ -369,6 +378,9 @@ class Peer:
     def _merge_push_pull(
         self, message: PushPull, source: Address, *, now: int, wall: int, out: _Out
     ) -> None:
+        if message.cluster_name != self.membership.config.cluster_name:
+            out.foreign.append((source, message.cluster_name))
+            return
         result = self.membership.merge_remote(message.nodes, now, message.cluster_name)
         if result.rejected is not None:
             out.rejected.append(f"push/pull from {_show(source)}: {result.rejected}")

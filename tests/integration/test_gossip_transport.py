@@ -405,7 +405,7 @@ def malformed_datagrams(sender: Address) -> list[bytes]:
 
 
 def test_hostile_input_is_counted_and_refused_and_the_node_goes_on_unchanged(
-    loopback: Loopback,
+    loopback: Loopback, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario(nodes: Nodes) -> None:
         a = await nodes.start("a", tcp_timeout=HOSTILE_TCP_TIMEOUT)
@@ -460,7 +460,8 @@ def test_hostile_input_is_counted_and_refused_and_the_node_goes_on_unchanged(
         await sender
         writer.close()
 
-        # A push/pull from another cluster: closed without a reply, nothing merged.
+        # A push/pull from another cluster, twice: closed without a reply, nothing merged,
+        # counted each time and logged once.
         stranger = Peer(
             Config(
                 name="stranger",
@@ -472,15 +473,23 @@ def test_hostile_input_is_counted_and_refused_and_the_node_goes_on_unchanged(
             random.Random(1),
             now=time.monotonic_ns(),
         )
-        reader, writer = await asyncio.open_connection(*a.seed)
-        writer.write(stranger.push_pull_request(join=True))
-        assert await closed_by_peer(reader, CLOSED_WITHIN) == b""
-        writer.close()
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection(*a.seed)
+            writer.write(stranger.push_pull_request(join=True))
+            assert await closed_by_peer(reader, CLOSED_WITHIN) == b""
+            writer.close()
 
         assert stats.stream_failures_in.get("malformed") == 2  # the garbage, the oversized
         assert stats.stream_failures_in.get("timeout") == 1
         assert stats.rejected.get("stream") == 3
-        assert stats.rejected.get("push/pull") == 1
+        assert stats.rejected.get("cluster_name") == 2
+        foreign = [r.getMessage() for r in caplog.records if "'elsewhere'" in r.getMessage()]
+        [line] = foreign  # the second connection came from another port: the same address
+        assert line.startswith("gossip: refused 127.0.0.1:")
+        assert line.endswith(
+            ": its cluster name 'elsewhere' is not ours ('default'); not logged again for this "
+            "address and name"
+        )
         # b's join, the stranger's (and b's periodic ones, whose first round is random)
         assert stats.streams_in.get("push_pull", 0) >= 2
         assert stats.peer_errors == 0

@@ -120,14 +120,28 @@ def test_a_push_pull_is_answered_with_our_state_and_then_merged() -> None:
 
 
 def test_a_push_pull_from_another_cluster_gets_no_reply_and_is_not_merged() -> None:
+    theirs = Peer(Config(name="x9", addr=address(9).ip, port=7946), random.Random(9), now=T0)
+    theirs.observe([service("x9")], now=T0, wall=EPOCH)
+    foreign = PushPull((), "other", False, records.encode_state(theirs.state))
     a = make(1)
-    foreign = PushPull((), "other", False, records.encode_state(make(2).state))
-    reply, out = a.stream(foreign, address(2), now=T0, wall=EPOCH)
+    reply, out = a.stream(foreign, address(9), now=T0, wall=EPOCH)
     assert reply is None
-    assert out.rejected
-    assert "'other'" in out.rejected[0]
+    assert (out.foreign, out.rejected, out.changed) == (((address(9), "other"),), (), False)
+    # The reply to a push/pull this host started is refused the same way.
+    out = a.push_pull_reply(foreign, address(9), now=T0, wall=EPOCH)
+    assert (out.foreign, out.changed) == (((address(9), "other"),), False)
+    assert a.state.servers.get("x9") is None
     a2 = make(1)
     assert not a2.push_pull_reply(Ping(1, "x"), address(2), now=T0, wall=EPOCH).changed
+
+
+def test_membership_news_from_another_cluster_is_refused_and_reported() -> None:
+    a = make(1)
+    stranger = Alive(1, "x9", "other", address(9).ip, 7946, None, GO_VSN)
+    out = a.messages([stranger], address(9), now=T0, wall=EPOCH)
+    assert out.foreign == ((address(9), "other"),)
+    assert out.members == ()
+    assert a.membership.member("x9") is None
 
 
 def test_a_tcp_ping_is_acked_only_for_our_name() -> None:
