@@ -3,6 +3,9 @@
 Pure. The routing table is what the local HAProxy must serve (DESIGN.md decisions 5 and 6):
 
 * Only ALIVE records with at least one TCP port that has a service port are served.
+* An empty ProxyMode is `http`, its documented default: Go's static discovery leaves it
+  empty when the file names none (Go's own HAProxy then renders `mode ` and every render
+  fails, spec `sidecar-behaviour.md` §12 item 5).
 * Every value that would reach the HAProxy config is checked against a strict pattern
   (`_unsafe_reason`); a record that fails is excluded, with the reason.
 * Instances of one name must agree on their shape (proxy mode and set of service ports).
@@ -93,9 +96,14 @@ def _short(value: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def proxy_mode(record: Service) -> str:
+    """Return the mode a record is served in: its ProxyMode, `http` when that is empty."""
+    return record.proxy_mode or "http"
+
+
 def _unsafe_reason(record: Service) -> str | None:
     """Return why a record cannot be rendered safely, or None."""
-    if record.proxy_mode not in PROXY_MODES:
+    if proxy_mode(record) not in PROXY_MODES:
         return f"ProxyMode {_short(record.proxy_mode)} is not one of http, tcp, ws"
     if _HOSTNAME.fullmatch(record.hostname) is None:
         return f"Hostname {_short(record.hostname)} is not a valid host name"
@@ -161,7 +169,7 @@ def routing_table(state: ClusterState) -> RoutingTable:
         if reason is None:
             endpoints = _service_ports(record)
             if endpoints:
-                shape = (record.proxy_mode, tuple(sorted(endpoints)))
+                shape = (proxy_mode(record), tuple(sorted(endpoints)))
                 groups[record.name].append(_Instance(record, endpoints, shape))
                 continue
             reason = "no TCP port with a service port"

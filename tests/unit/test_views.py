@@ -138,7 +138,7 @@ def test_a_service_port_claimed_by_two_names_goes_to_the_older_claim():
     ("field", "value", "reason"),
     [
         ("proxy_mode", "http\n    bind :1", "ProxyMode"),
-        ("proxy_mode", "", "ProxyMode"),
+        ("proxy_mode", "udp", "ProxyMode"),
         ("hostname", "evil host", "Hostname"),
         ("hostname", "a\nserver x 1.2.3.4:1", "Hostname"),
         ("id", "id;x", "ID"),
@@ -163,6 +163,15 @@ def test_unusable_addresses_and_ports_are_excluded(ip, port, service_port):
     table = views.routing_table(state_of(record("a", "1", ip=ip, ports=((port, service_port),))))
     assert table.services == ()
     assert len(table.excluded) == 1
+
+
+def test_an_empty_proxy_mode_is_served_as_http_beside_http_instances():
+    # Go's static discovery leaves ProxyMode empty when the file names none (found joining
+    # a Python host to Go hosts: their services were left out of its HAProxy).
+    table = views.routing_table(state_of(record("go1", "1", mode=""), record("py", "2")))
+    assert served(table) == {("web", 8080): ["go1-1", "py-2"]}
+    assert [s.mode for s in table.services] == ["http"]
+    assert table.excluded == ()
 
 
 def test_ipv6_endpoints_are_served():
