@@ -29,6 +29,7 @@ from sidecar.cluster import codec
 from sidecar.cluster.membership import SECOND, Address, Config
 from sidecar.cluster.messages import GO_VSN, Ack, NodeState, Ping, PushPull
 from sidecar.cluster.peer import Peer
+from sidecar.state import views
 from sidecar.state.codec import decode_state as codec_state
 from sidecar.state.model import Status
 
@@ -103,6 +104,11 @@ def test_gos_push_pull_reply_and_periodic_push_pull_merge_cleanly():
     assert not merged.rejected
     record = next(r for r in other.state.records() if r.hostname == "go2")
     assert (record.name, record.status) == ("go-web", Status.ALIVE)
+    # Go's static discovery sends no ProxyMode; the record is served as http all the same.
+    assert record.proxy_mode == ""
+    table = views.routing_table(other.state)
+    assert ("go-web", "http") in [(s.name, s.mode) for s in table.services]
+    assert table.excluded == ()
 
 
 @pytest.mark.parametrize("name", ["py-joins-go", "go-joins-py"])
