@@ -142,6 +142,7 @@ def cluster(
         cluster_name=c.cluster_name,
         meta=node_meta(config),
         gossip_messages=c.gossip_packets(),
+        suspicion_mult=membership.SUSPICION_MULT_FAST,
     )
     keys = c.gossip_keys()
     keyring = Keyring(keys) if keys else None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from sidecar.cluster import codec
 from sidecar.cluster.errors import DecodeError
-from sidecar.cluster.membership import Address, Config, EventKind, Member
+from sidecar.cluster.membership import SUSPICION_MULT_FAST, Address, Config, EventKind, Member
 from sidecar.cluster.messages import GO_VSN, NodeState, Packet, Stream
 from sidecar.cluster.peer import PUSH_PULL_INTERVAL, Output, Peer
 from sidecar.state import times, views
@@ -113,6 +113,7 @@ class Cluster:
             port=PORT,
             meta=META,
             disable_tcp_pings=not self._tcp_pings,
+            suspicion_mult=SUSPICION_MULT_FAST,
         )
         rng = random.Random(self.random.getrandbits(64))
         peer = Peer(

@@ -35,11 +35,11 @@ def test_the_peers_own_rejection_lines_have_kinds() -> None:
     peer = Peer(Config(name="a", addr=bytes([10, 0, 0, 1]), port=7946), random.Random(1), now=0)
     source = Address(bytes([10, 0, 0, 2]), 7946)
     out = peer.datagram(b"\xff\x00", source, now=0, wall=0)
-    stranger = PushPull((), "elsewhere", False, b"")
-    _, refused = peer.stream(stranger, source, now=0, wall=0)
+    garbled = PushPull((), "default", False, b"{not json")
+    _, refused = peer.stream(garbled, source, now=0, wall=0)
     assert [rejection_kind(line) for line in (*out.rejected, *refused.rejected)] == [
         "packet",
-        "push/pull",
+        "push/pull state",
     ]
 
 
