@@ -4,18 +4,20 @@ A payload is `[version][nonce 12][ciphertext + tag 16]`; version 0 pads the plai
 PKCS#7 to 16 bytes, version 1 does not. Packets carry no authenticated data; a stream is
 `0A | u32 BE length | payload` with the first 5 bytes as authenticated data. The first key of
 the keyring encrypts, any key decrypts. Nonces come in from the caller (this package draws no
-randomness of its own).
+randomness of its own). The `cryptography` package is imported on first use: it costs some
+7 MiB of resident memory, and gossip is unencrypted unless a key is configured.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Final
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING, Final
 
 from sidecar.cluster.errors import DecodeError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 NONCE_SIZE: Final = 12
 TAG_SIZE: Final = 16
@@ -45,6 +47,14 @@ class Keyring:
                 raise ValueError(f"key of {len(key)} bytes; AES keys are 16, 24 or 32 bytes")
 
 
+@functools.lru_cache(maxsize=16)
+def _cipher(key: bytes) -> AESGCM:
+    """Return the AES-GCM cipher of `key` (made once per key)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
 def encrypt(
     keyring: Keyring, plaintext: bytes, *, nonce: bytes, aad: bytes = b"", version: int = 1
 ) -> bytes:
@@ -56,7 +66,7 @@ def encrypt(
     if version == 0:
         pad = _BLOCK - len(plaintext) % _BLOCK
         plaintext = plaintext + bytes([pad]) * pad
-    sealed = AESGCM(keyring.keys[0]).encrypt(nonce, plaintext, aad or None)
+    sealed = _cipher(keyring.keys[0]).encrypt(nonce, plaintext, aad or None)
     return bytes([version]) + nonce + sealed
 
 
@@ -70,11 +80,13 @@ def decrypt(keyring: Keyring, payload: bytes, *, aad: bytes = b"") -> bytes:
         raise DecodeError(f"unsupported encryption version {version}")
     if len(payload) < overhead(version):
         raise DecodeError(f"encrypted payload of {len(payload)} bytes is too short")
+    from cryptography.exceptions import InvalidTag
+
     nonce = payload[1 : 1 + NONCE_SIZE]
     sealed = payload[1 + NONCE_SIZE :]
     for key in keyring.keys:
         try:
-            plain = AESGCM(key).decrypt(nonce, sealed, aad or None)
+            plain = _cipher(key).decrypt(nonce, sealed, aad or None)
         except InvalidTag:
             continue
         if version == 1:
