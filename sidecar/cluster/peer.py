@@ -187,6 +187,7 @@ class Peer:
         self._payloads: dict[Service, bytes] = {}
         self._next_node_tick = now + NODE_TICK
         self._next_push_pull: int | None = None
+        self._left = False
         if push_pull_interval > 0:
             # A random first round, so hosts started together do not push/pull together;
             # spread over the interval this host will keep (a host alone: Go's stagger).
@@ -239,13 +240,19 @@ class Peer:
         return out.freeze()
 
     def observe(self, running: Iterable[Service], *, now: int, wall: int) -> Output:
-        """Take what this host runs now; a new or changed record is gossiped at once."""
+        """Take what this host runs now; a new or changed record is gossiped at once. Once
+        this host left, nothing: its peers have buried its services."""
         out = _Out()
+        if self._left:
+            return out.freeze()
         self._take_step(protocol.observe(self.node, running, now=wall), now=now, out=out)
         return out.freeze()
 
     def drain(self, service_id: str, *, now: int, wall: int) -> Output | None:
-        """Drain an own service (announced at once); None when there is no such service."""
+        """Drain an own service (announced at once); None when there is no such service (or
+        this host left)."""
+        if self._left:
+            return None
         step = protocol.drain(self.node, service_id, now=wall)
         if step is None:
             return None
@@ -254,7 +261,10 @@ class Peer:
         return out.freeze()
 
     def leave(self, *, now: int, wall: int) -> Output:
-        """Leave the cluster: `dead` about this host from nobody, sent at once."""
+        """Leave the cluster: `dead` about this host from nobody, sent at once; from now on
+        this host stamps nothing."""
+        self._left = True
+        self.node = protocol.leave(self.node)
         out = _Out()
         self._take_membership(self.membership.leave(now), now=now, wall=wall, out=out)
         return out.freeze()

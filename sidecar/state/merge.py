@@ -306,22 +306,25 @@ def expire(state: ClusterState, *, now: int) -> MergeResult:
     return MergeResult(result.state, result.events, tuple(expired))
 
 
-def tombstone_node(state: ClusterState, hostname: str, *, now: int) -> MergeResult:
-    """Return the state with every live record of a node declared dead tombstoned.
+def tombstone_node(state: ClusterState, hostname: str, *, stamped_by: int) -> MergeResult:
+    """Return the state with every live record of a node declared dead at `stamped_by`
+    (wall ns) tombstoned, if its owner stamped it by then.
 
     Pure. Each tombstone is versioned at the record's version + 1 s (as `expire` writes
-    them), not at `now`: every host that learns of the death writes the same tombstone, so
-    the cluster gossips one version of it, not one per host (Go's `now` made a host's
-    death cost n² messages). Records that are already tombstones are left alone (Go
-    re-stamps them). The tombstones are in `relay`. A node never declares itself dead: for
-    `state.hostname` nothing changes.
+    them), not at the time of death: every host that learns of the death writes the same
+    tombstone, so the cluster gossips one version of it, not one per host (Go's `now` made
+    a host's death cost n² messages). A record stamped after the death comes from its owner,
+    back (a restart, a healed partition): it is left alone, or each host would bury the
+    owner's news as it came and the owner outvote each burial in turn. Records that are
+    already tombstones are left alone (Go re-stamps them). The tombstones are in `relay`. A
+    node never declares itself dead: for `state.hostname` nothing changes.
     """
     server = state.servers.get(hostname)
     if server is None or hostname == state.hostname:
         return MergeResult(state)
     changes = _Changes(state)
     for record in server.entries.values():
-        if record.status is not Status.TOMBSTONE:
+        if record.status is not Status.TOMBSTONE and record.updated <= stamped_by:
             changes.learn(
                 record.with_status(Status.TOMBSTONE, updated=record.updated + EXPIRY_BUMP)
             )

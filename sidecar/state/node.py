@@ -24,7 +24,7 @@ property simulation all drive these same steps.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from sidecar.state import broadcast, merge
@@ -40,11 +40,15 @@ class Node:
     state: ClusterState
     running: tuple[Service, ...] = ()
     schedule: broadcast.Schedule = field(default_factory=broadcast.Schedule)
-    dead_peers: frozenset[str] = frozenset()
+    dead_peers: Mapping[str, int] = field(default_factory=dict)
+    """The peers membership declared dead, and when (wall ns): records of theirs stamped
+    before then are tombstones here; one stamped after speaks for itself (its owner is
+    back, and membership will say so once it refutes). Replaced, never changed in place."""
     drained: frozenset[str] = frozenset()
     observed: bool = False
     """Whether the host has reported what it runs yet: until then nothing is stamped (its
-    own records that peers hold are not tombstoned before discovery has spoken)."""
+    own records that peers hold are not tombstoned before discovery has spoken). False
+    again once it left the cluster (`leave`)."""
 
     @classmethod
     def start(cls, hostname: str, cluster_name: str = "default") -> Node:
@@ -99,8 +103,8 @@ class _Steps:
 
     def bury_dead(self, *, now: int) -> None:
         # A record of a host known dead that arrived late (a relay) is dead all the same.
-        for hostname in sorted(self.node.dead_peers):
-            result = merge.tombstone_node(self.node.state, hostname, now=now)
+        for hostname, since in sorted(self.node.dead_peers.items()):
+            result = merge.tombstone_node(self.node.state, hostname, stamped_by=since)
             self.take(result)
             self.announce_later(result.relay, now=now)
 
@@ -155,14 +159,21 @@ def peer_died(node: Node, hostname: str, *, now: int) -> Step:
     tombstoned and announced (a node never declares itself dead)."""
     if hostname == node.state.hostname:
         return Step(node)
-    steps = _Steps(replace(node, dead_peers=node.dead_peers | {hostname}))
+    steps = _Steps(replace(node, dead_peers={**node.dead_peers, hostname: now}))
     steps.bury_dead(now=now)
     return steps.step()
 
 
+def leave(node: Node) -> Node:
+    """Return the node once it left the cluster: it stamps nothing more, as a record it
+    stamped after its leave would stand against its peers' burial of its services."""
+    return replace(node, observed=False)
+
+
 def peer_back(node: Node, hostname: str) -> Node:
     """Return the node once `hostname`, declared dead, is a member again."""
-    return replace(node, dead_peers=node.dead_peers - {hostname})
+    dead = {name: since for name, since in node.dead_peers.items() if name != hostname}
+    return replace(node, dead_peers=dead)
 
 
 def drain(node: Node, service_id: str, *, now: int) -> Step | None:

@@ -338,7 +338,8 @@ class Sim:
     def observe(self, i: int) -> None:
         host = self.hosts[i]
         self.apply(i, host.peer.observe(self.observed(i), now=self.now, wall=self.wall))
-        self.check_own_records(i)
+        if not host.leaving:  # a host that left stamps nothing more
+            self.check_own_records(i)
 
     def check_own_records(self, i: int) -> None:
         own = {r.id: r.status for r in self.hosts[i].peer.state.own_records()}

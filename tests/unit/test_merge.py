@@ -261,21 +261,31 @@ def test_a_dead_node_has_every_live_record_tombstoned_newer_than_what_we_had():
         record(sid="b", at=T0, status=Status.TOMBSTONE),
         record(host="other", sid="c"),
     )
-    result = merge.tombstone_node(state, "peer", now=T0 + 5 * S)
+    result = merge.tombstone_node(state, "peer", stamped_by=T0 + 10 * S)
     a = result.state.get("peer", "a")
     assert (a.status, a.updated) == (Status.TOMBSTONE, T0 + 9 * S + merge.EXPIRY_BUMP)
     assert result.state.get("peer", "b").updated == T0  # already a tombstone: untouched
     assert result.state.get("other", "c").status is Status.ALIVE
     assert result.relay == (a,)
-    assert merge.tombstone_node(state, ME, now=T0).state is state
+    assert merge.tombstone_node(state, ME, stamped_by=T0).state is state
+
+
+def test_a_record_its_owner_stamped_after_its_death_is_not_buried():
+    # The owner is back (restarted, or a partition healed) before membership says so: its
+    # news stays, or each host would bury it as it came and the owner outvote each burial.
+    state = state_with(record(sid="old", at=T0), record(sid="new", at=T0 + 6 * S))
+    result = merge.tombstone_node(state, "peer", stamped_by=T0 + 5 * S)
+    assert result.state.get("peer", "old").status is Status.TOMBSTONE
+    assert result.state.get("peer", "new").status is Status.ALIVE
+    assert [r.id for r in result.relay] == ["old"]
 
 
 def test_every_host_writes_the_same_tombstone_of_a_dead_node_so_none_is_news():
     # Hosts learn of the death at different times; their tombstones must not be news to
     # each other, or a death costs n² messages in an n-host cluster.
     state = state_with(record(sid="a", at=T0))
-    early = merge.tombstone_node(state, "peer", now=T0 + 3 * S).state
-    late = merge.tombstone_node(state, "peer", now=T0 + 7 * S)
+    early = merge.tombstone_node(state, "peer", stamped_by=T0 + 3 * S).state
+    late = merge.tombstone_node(state, "peer", stamped_by=T0 + 7 * S)
     relayed = merge.merge_records(early, late.relay, now=T0 + 8 * S)
     assert relayed.state is early
     assert relayed.relay == ()

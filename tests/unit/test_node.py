@@ -77,11 +77,29 @@ def test_a_dead_peers_services_are_tombstoned_announced_and_stay_dead():
     assert step.node.state.get("peer", "b2").status is Status.TOMBSTONE
     announced = node.tick(step.node, now=T0 + seconds(1))
     assert [(r.hostname, r.status) for r in announced.send] == [("peer", Status.TOMBSTONE)]
-    # A late relay of its last ALIVE record does not bring it back.
-    late = node.receive(announced.node, [theirs.with_updated(T0 + seconds(2))], now=T0)
+    # A late relay of a record it stamped before its death (a repeat: +50 ns) does not
+    # bring it back.
+    late = node.receive(announced.node, [theirs.with_updated(T0 + 50)], now=T0 + seconds(2))
     assert late.node.state.get("peer", "b2").status is Status.TOMBSTONE
     back = node.peer_back(late.node, "peer")
-    assert back.dead_peers == frozenset()
+    assert back.dead_peers == {}
+
+
+def test_a_dead_peer_back_with_records_stamped_after_its_death_is_believed_at_once():
+    # A restarted host's join push/pull reaches us before its refutation does: its fresh
+    # records stand (burying them made the owner outvote each burial, for seconds).
+    theirs = service("b2", host="peer", updated=T0)
+    known = node.receive(node.Node.start("me"), [theirs], now=T0).node
+    dead = node.peer_died(known, "peer", now=T0 + seconds(5)).node
+    assert dead.state.get("peer", "b2").status is Status.TOMBSTONE
+    restarted = service("b2", host="peer", updated=T0 + seconds(9))
+    step = node.receive_state(
+        dead,
+        node.receive(node.Node.start("peer"), [restarted], now=T0 + seconds(9)).node.state,
+        now=T0 + seconds(9),
+    )
+    assert step.node.state.get("peer", "b2") == restarted
+    assert [r.status for r in step.send] == [Status.ALIVE]  # relayed as any news
 
 
 def test_a_node_never_declares_itself_dead():

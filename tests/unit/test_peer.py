@@ -185,6 +185,20 @@ def test_leave_announces_our_death_from_nobody() -> None:
     assert Dead(1, "h1", "default", "") in sent
 
 
+def test_a_host_that_left_stamps_nothing_more() -> None:
+    # Its peers bury its services as of its leave: a record stamped later would stand.
+    peer = make()
+    peer.observe([service("h1")], now=T0, wall=EPOCH)
+    peer.leave(now=T0 + SECOND, wall=EPOCH + SECOND)
+    changed = service("h1", status=Status.UNHEALTHY)
+    out = peer.observe([changed], now=T0 + 2 * SECOND, wall=EPOCH + 2 * SECOND)
+    assert (out.datagrams, out.changes) == ((), ())
+    assert peer.drain("abc123", now=T0 + 2 * SECOND, wall=EPOCH + 2 * SECOND) is None
+    later = peer.tick(now=T0 + 40 * SECOND, wall=EPOCH + 40 * SECOND)  # past the refresh
+    assert [r.updated for r in peer.state.own_records()] == [EPOCH]
+    assert later.changes == ()
+
+
 def test_push_pull_is_due_on_the_scaled_interval_with_a_random_first_round() -> None:
     assert push_pull_scale(20 * SECOND, 32) == 20 * SECOND
     assert push_pull_scale(20 * SECOND, 33) == 40 * SECOND
