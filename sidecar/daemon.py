@@ -78,7 +78,8 @@ class Daemon:
         if not config.haproxy.disable:
             self._haproxy_parts(template)
             assert self.reconciler is not None
-            self.owner.sinks.append(self.reconciler.update)
+            reconciler = self.reconciler
+            self.owner.sinks.append(lambda state, _: reconciler.update(state))
 
     # ------------------------------------------------------------------ wiring
 

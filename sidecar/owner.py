@@ -33,7 +33,9 @@ from sidecar.state.model import ChangeEvent, ClusterState, Service
 log = logging.getLogger("sidecar.daemon")
 
 OnChange = Callable[[Sequence[ChangeEvent]], None]
-Sink = Callable[[ClusterState], None]
+Sink = Callable[[ClusterState, Sequence[ChangeEvent]], None]
+"""Follows the state: called with the new state and the change's events (none for a change
+of versions only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +232,7 @@ class StateOwner:
             )
         state = self.state()
         for sink in self.sinks:
-            sink(state)
+            sink(state, events)
         # Waiters hold the event they wait on; the next change gets a fresh one.
         self._change.set()
         self._change = asyncio.Event()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from sidecar.owner import SoloNode, StateOwner
-from sidecar.state.model import ClusterState, Port, Service, Status
+from sidecar.state.model import ChangeEvent, ClusterState, Port, Service, Status
 from sidecar.state.times import seconds
 
 T0 = 1_700_000_000 * 10**9
@@ -35,48 +36,62 @@ class Clock:
         return self.now
 
 
-def solo(clock: Clock) -> tuple[StateOwner, list[ClusterState]]:
-    seen: list[ClusterState] = []
-    return StateOwner(SoloNode("me", "default", "10.0.0.1", clock=clock), [seen.append]), seen
+class Sink:
+    """What the owner handed its sink: each state, and the events of each change."""
+
+    def __init__(self) -> None:
+        self.states: list[ClusterState] = []
+        self.events: list[list[str]] = []
+
+    def __call__(self, state: ClusterState, events: Sequence[ChangeEvent]) -> None:
+        self.states.append(state)
+        self.events.append([f"{e.service.id} {e.service.status.label()}" for e in events])
+
+
+def solo(clock: Clock) -> tuple[StateOwner, Sink]:
+    sink = Sink()
+    return StateOwner(SoloNode("me", "default", "10.0.0.1", clock=clock), [sink]), sink
 
 
 def test_observations_are_stamped_with_the_clock_given_and_each_change_reaches_the_sinks():
     clock = Clock(T0)
-    owner, seen = solo(clock)
+    owner, sink = solo(clock)
     owner.observe([service("a1"), service("b2", status=Status.UNHEALTHY)])
     assert {(r.id, r.updated) for r in owner.state().own_records()} == {("a1", T0), ("b2", T0)}
-    assert seen == [owner.state()]
+    assert sink.states == [owner.state()]
+    assert sorted(sink.events[0]) == ["a1 Alive", "b2 Unhealthy"]
     assert (owner.merges, dict(owner.events)) == (1, {"Alive": 1, "Unhealthy": 1})
     owner.observe([service("a1"), service("b2", status=Status.UNHEALTHY)])
-    assert len(seen) == 1  # nothing changed: no sink called
+    assert len(sink.states) == 1  # nothing changed: no sink called
     clock.now = T0 + seconds(2)
     owner.observe([service("a1")])
     assert owner.state().get("me", "b2").status is Status.TOMBSTONE
     assert owner.state().get("me", "b2").updated == T0 + seconds(2)
-    assert len(seen) == 2
+    assert sink.events[1:] == [["b2 Tombstone"]]
     assert owner.events["Tombstone"] == 1
 
 
 def test_a_drain_returns_the_drained_record_and_none_for_an_unknown_id():
     clock = Clock(T0)
-    owner, seen = solo(clock)
+    owner, sink = solo(clock)
     owner.observe([service("a1")])
     clock.now = T0 + seconds(1)
     assert owner.drain("nope") is None
-    assert len(seen) == 1
+    assert len(sink.states) == 1
     drained = owner.drain("a1")
     assert drained is not None
     assert (drained.status, drained.updated) == (Status.DRAINING, T0 + seconds(1))
-    assert seen[-1].get("me", "a1") == drained
+    assert sink.states[-1].get("me", "a1") == drained
+    assert sink.events[-1] == ["a1 Draining"]
 
 
 def test_the_tick_expires_with_the_clock_given():
     clock = Clock(T0)
-    owner, seen = solo(clock)
+    owner, sink = solo(clock)
     owner.observe([service("a1")])
     clock.now = T0 + seconds(1)
     owner.tick()
-    assert len(seen) == 1
+    assert len(sink.states) == 1
     assert owner.state().get("me", "a1").status is Status.ALIVE
 
 
