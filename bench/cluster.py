@@ -29,9 +29,10 @@ every request goes to an address inside a namespace it made: a node's API on its
 4. memory: 200 such services per node; once every node shows all of them ALIVE and 5 s
    later, each daemon's VmRSS (the daemon process only, not HAProxy).
 
-`--go`: the crash part once more with the reference Go Sidecar (/work/gosidecar/sidecar-go,
-run as scripts/interop/run-go-node.sh runs it: static discovery, HAProxy disabled), side by
-side. Go never leaves, so its SIGTERM figure is a crash's too.
+`--go`: the crash and idle parts once more with the reference Go Sidecar
+(/work/gosidecar/sidecar-go, run as scripts/interop/run-go-node.sh runs it: static discovery,
+HAProxy disabled), side by side. Go never leaves, so its SIGTERM figure is a crash's too; it
+has no gossip metrics, so its idle traffic is the veth counters' alone.
 
 Everything is bounded in count and time; the daemons, their HAProxy and httpd, and the
 namespaces are removed on the way out, also on error or Ctrl-C. No iptables rule is needed:
@@ -584,6 +585,7 @@ def run_crash(cluster: Cluster, repeat: int) -> Crash:
 @dataclass
 class Idle:
     per_service: int
+    who: str = "sidecar"
     converged: float = 0.0
     seconds: float = 0.0
     metric: dict[str, float] = field(default_factory=dict)  # node -> bytes/s
@@ -601,28 +603,34 @@ def gossip_bytes(node: Node) -> tuple[float, float]:
 
 
 def run_idle(cluster: Cluster, per_node: int, seconds: float) -> Idle:
-    figures = Idle(per_node)
-    cluster.start("idle", lambda node: made_up(node.index, per_node))
+    """Measure gossip bytes at idle: by /metrics and on the veth for ours, on the veth
+    alone for Go's (it has no such metric)."""
+    go = cluster.nodes[0].go
+    figures = Idle(per_node, "Go Sidecar" if go else "sidecar")
+    cluster.start("idle-go" if go else "idle", lambda node: made_up(node.index, per_node))
     total = per_node * len(cluster.nodes)
     figures.converged = cluster.wait_converged(
         lambda doc: count_alive(doc) == total, what=f"{total} services ALIVE everywhere"
     )
     print(f"[idle] {total} services ALIVE everywhere after {figures.converged:.1f} s; settling")
     time.sleep(SETTLE)
-    before = {n.name: gossip_bytes(n) for n in cluster.nodes}
+    unmeasured = (0.0, 0.0)
+    before = {n.name: unmeasured if go else gossip_bytes(n) for n in cluster.nodes}
     veth0, t0 = cluster.veth_bytes(), time.monotonic()
     time.sleep(seconds)
-    after = {n.name: gossip_bytes(n) for n in cluster.nodes}
+    after = {n.name: unmeasured if go else gossip_bytes(n) for n in cluster.nodes}
     veth1, t1 = cluster.veth_bytes(), time.monotonic()
     figures.seconds = t1 - t0
     for node in cluster.nodes:
         key = node.name
-        figures.metric[key] = (after[key][0] - before[key][0]) / figures.seconds
-        figures.metric_udp[key] = (after[key][1] - before[key][1]) / figures.seconds
         figures.veth[key] = (veth1[key] - veth0[key]) / figures.seconds
+        if not go:
+            figures.metric[key] = (after[key][0] - before[key][0]) / figures.seconds
+            figures.metric_udp[key] = (after[key][1] - before[key][1]) / figures.seconds
         print(
-            f"[idle] {key}: {figures.metric[key]:,.0f} B/s by /metrics (UDP "
-            f"{figures.metric_udp[key]:,.0f}), {figures.veth[key]:,.0f} B/s on its veth"
+            f"[idle] {figures.who} {key}: {figures.metric.get(key, 0):,.0f} B/s by /metrics "
+            f"(UDP {figures.metric_udp.get(key, 0):,.0f}), {figures.veth[key]:,.0f} B/s on "
+            "its veth"
         )
     return figures
 
@@ -677,7 +685,7 @@ def report(
     nodes: int,
     prop: Propagation | None,
     crashes: list[Crash],
-    idle: Idle | None,
+    idles: list[Idle],
     memory: Memory | None,
     took: float,
 ) -> bool:
@@ -716,23 +724,23 @@ def report(
             print(f"| {crash.who} | {what} | {each} | {median} |")
         for failure in crash.failures:
             print(f"- FAILED ({crash.who}): {failure}")
-    if idle is not None:
+    for idle in idles:
         print()
         print(
-            f"Idle, {idle.per_service} services per node ({idle.per_service * nodes} in all), "
-            f"over {idle.seconds:.1f} s, bytes in + out per second"
+            f"Idle, {idle.who}, {idle.per_service} services per node "
+            f"({idle.per_service * nodes} in all), over {idle.seconds:.1f} s, bytes in + out "
+            "per second"
         )
         print()
         print("| node | /metrics (all) | of which UDP | veth (ip -s link) |")
         print("|---|---|---|---|")
-        for key in idle.metric:
-            print(
-                f"| {key} | {idle.metric[key]:,.0f} | {idle.metric_udp[key]:,.0f} | "
-                f"{idle.veth[key]:,.0f} |"
-            )
-        values = list(idle.metric.values())
-        if values:
-            print(f"| median | {statistics.median(values):,.0f} | | |")
+        for key, veth in idle.veth.items():
+            metric = f"{idle.metric[key]:,.0f}" if key in idle.metric else "-"
+            udp = f"{idle.metric_udp[key]:,.0f}" if key in idle.metric_udp else "-"
+            print(f"| {key} | {metric} | {udp} | {veth:,.0f} |")
+        metric_median = f"{statistics.median(idle.metric.values()):,.0f}" if idle.metric else "-"
+        veth_median = f"{statistics.median(idle.veth.values()):,.0f}" if idle.veth else "-"
+        print(f"| median | {metric_median} | | {veth_median} |")
     if memory is not None:
         print()
         print(
@@ -767,7 +775,7 @@ def main() -> None:
     parser.add_argument("--memory-services", type=int, default=200, help="per node (200)")
     parser.add_argument("--part", default=",".join(PARTS), help=f"of {','.join(PARTS)}")
     parser.add_argument(
-        "--go", action="store_true", help=f"crash: also {GO_BINARY} nodes, side by side"
+        "--go", action="store_true", help=f"crash, idle: also {GO_BINARY} nodes, side by side"
     )
     args = parser.parse_args()
     parts = [p for p in args.part.split(",") if p]
@@ -787,13 +795,14 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="sidecar-bench-cluster-"))
     began = time.monotonic()
     cluster: Cluster | None = None
-    prop = idle = memory = None
+    prop = memory = None
     crashes: list[Crash] = []
+    idles: list[Idle] = []
     good = False
     try:
         with sigterm_as_interrupt():
             runs = [(p, False) for p in parts]
-            runs += [("crash", True)] if args.go and "crash" in parts else []
+            runs += [(p, True) for p in ("crash", "idle") if args.go and p in parts]
             for part, go in runs:
                 cluster = Cluster(root, args.nodes, go=go)
                 try:
@@ -802,7 +811,7 @@ def main() -> None:
                     elif part == "crash":
                         crashes.append(run_crash(cluster, args.repeat))
                     elif part == "idle":
-                        idle = run_idle(cluster, args.idle_services, args.idle)
+                        idles.append(run_idle(cluster, args.idle_services, args.idle))
                     else:
                         memory = run_memory(cluster, args.memory_services)
                 except RuntimeError as exc:
@@ -812,7 +821,7 @@ def main() -> None:
                 finally:
                     cluster.teardown()
                     cluster = None
-            good = report(args.nodes, prop, crashes, idle, memory, time.monotonic() - began)
+            good = report(args.nodes, prop, crashes, idles, memory, time.monotonic() - began)
     except KeyboardInterrupt:
         print("interrupted; stopping everything it started", flush=True)
         raise SystemExit(130) from None
