@@ -605,8 +605,6 @@ def _run(args: argparse.Namespace) -> int:
         log.info("config: %s", line)
     for notice in configuration.notices(config):
         log.info("config: %s", notice)
-    if config.listeners.urls:
-        log.warning("config: listeners.urls is set, but this sidecar does not do that yet")
     if not config.sidecar.seeds:
         log.info("no seeds (sidecar.seeds, --cluster-ip): this host serves its own services only")
     try:

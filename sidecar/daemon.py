@@ -5,8 +5,9 @@ Data flows one way. `HostDiscovery` (Docker, static file, checks) emits what thi
 serves; the state owner (`sidecar.owner`) stamps it into the cluster state through this
 host's node — alone, or a cluster member whose peers' records merge in too — and re-stamps
 and expires every second. Every new state goes to the owner's sinks (the reconcile loop:
-HAProxy and the bind IP follow it) and to `/api/watch` subscribers, and is what the API and
-metrics read. The owner is the only writer of the state, and writes only on the event loop.
+HAProxy and the bind IP follow it; the state-change listeners, `adapters.listeners`) and to
+`/api/watch` subscribers, and is what the API and metrics read. The owner is the only writer
+of the state, and writes only on the event loop.
 
 What it decides is in the core, the cluster and the reconcile loop; this module wires them,
 answers the API and runs the jobs.
@@ -31,6 +32,7 @@ from sidecar.adapters import http
 from sidecar.adapters.gossip import GossipTransport
 from sidecar.adapters.haproxy import Haproxy
 from sidecar.adapters.ipbind import IpBinder
+from sidecar.adapters.listeners import Listeners
 from sidecar.config import Config
 from sidecar.host import HostDiscovery, HostObservation
 from sidecar.owner import ClusterNode, HostNode, SoloNode, StateOwner
@@ -72,6 +74,8 @@ class Daemon:
         self._static_error: str | None = None  # why the static file is not used, if it is not
         self.host = self._host_discovery()
         self.owner = StateOwner(self._this_node(clock))
+        self.listeners = Listeners(config.listeners.urls, hostname=hostname, started=clock())
+        self.owner.sinks.append(self.listeners.offer)
         self.haproxy: Haproxy | None = None
         self.addresses: IpBinder | None = None
         self.reconciler: Reconciler | None = None
@@ -135,6 +139,8 @@ class Daemon:
         """Take what host discovery saw: this host's services, what it refused and why."""
         self._rejected = observation.rejected
         self._static_error = observation.static_error
+        # Listeners first, so a new one hears of its own service's appearance.
+        self.listeners.track(dict(observation.listeners))
         self.owner.observe(observation.services)
 
     # ------------------------------------------------------------------ the Catalog
@@ -321,6 +327,7 @@ class Daemon:
             "discovery": self.host.run(observations),
             "state updates": self._follow(observations),
             "ticks": self._ticks(),
+            "the listeners": self.listeners.run(),
         }
         if self.gossip is not None:
             try:
@@ -435,6 +442,7 @@ class _Collector:
         yield checks
         yield from _haproxy_metrics(d)
         yield from _gossip_metrics(d)
+        yield from _listener_metrics(d)
 
 
 def _haproxy_metrics(d: Daemon) -> Iterable[Any]:
@@ -500,3 +508,34 @@ def _gossip_metrics(d: Daemon) -> Iterable[Any]:
     for kind, count in sorted(stats.rejected.items()):
         rejected.add_metric([kind], count)
     yield rejected
+
+
+def _listener_metrics(d: Daemon) -> Iterable[Any]:
+    listeners = sorted(d.listeners.listeners.values(), key=lambda each: each.name)
+    deliveries = CounterMetricFamily(
+        "sidecar_listener_deliveries",
+        "Change events a listener accepted (2xx)",
+        labels=["listener"],
+    )
+    retries = CounterMetricFamily(
+        "sidecar_listener_retries",
+        "POSTs to a listener after an event's first",
+        labels=["listener"],
+    )
+    drops = CounterMetricFamily(
+        "sidecar_listener_drops",
+        "Change events not delivered: the oldest dropped from a full queue (overflow), or "
+        "given up after every attempt failed (failed)",
+        labels=["listener", "reason"],
+    )
+    queued = GaugeMetricFamily(
+        "sidecar_listener_queue_length", "Change events waiting to be POSTed", labels=["listener"]
+    )
+    for each in listeners:
+        stats = each.stats
+        deliveries.add_metric([each.name], stats.deliveries)
+        retries.add_metric([each.name], stats.retries)
+        drops.add_metric([each.name, "overflow"], stats.dropped_overflow)
+        drops.add_metric([each.name, "failed"], stats.dropped_failed)
+        queued.add_metric([each.name], len(each.queue))
+    yield from (deliveries, retries, drops, queued)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sidecar.adapters.checks import CheckRunner
+from sidecar.adapters.listeners import service_name
 from sidecar.adapters.static import StaticDiscovery, StaticSnapshot
 from sidecar.state import discovery
 from sidecar.state.discovery import (
@@ -61,12 +62,14 @@ def _report_end(inputs: asyncio.Queue[Any], task: asyncio.Task[None]) -> None:
 class HostObservation:
     """The records this host serves (health-stamped, `updated` 0) and the rejected ones, and
     why the static file as it is now is not used (None when it is, or there is none; its
-    last good services are still among `services`)."""
+    last good services are still among `services`), and the state-change listeners its
+    services asked for: (Go's name `Service(<name>-<id>)`, URL), sorted."""
 
     services: tuple[Service, ...]
     rejected: tuple[Rejected, ...]
     at: int
     static_error: str | None = None
+    listeners: tuple[tuple[str, str], ...] = ()
 
 
 class HostDiscovery:
@@ -241,12 +244,22 @@ class HostDiscovery:
             {discovery.short_id(f.id): f.health for f in containers},
         )
         services = tuple(discovery.with_health(observed.values(), self._health))
+        listeners = tuple(
+            sorted(
+                (service_name(o.service.name, o.service.id), o.listener)
+                for o in observed.values()
+                if o.listener is not None
+            )
+        )
         last = self._last
         if (
             last is None
             or services != last.services
             or tuple(rejected) != last.rejected
             or self._static_error != last.static_error
+            or listeners != last.listeners
         ):
-            self._last = HostObservation(services, tuple(rejected), now, self._static_error)
+            self._last = HostObservation(
+                services, tuple(rejected), now, self._static_error, listeners
+            )
             await out.put(self._last)

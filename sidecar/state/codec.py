@@ -24,6 +24,7 @@ import pydantic
 
 from sidecar.state import times
 from sidecar.state.model import (
+    ChangeEvent,
     ClusterState,
     Port,
     Server,
@@ -103,14 +104,30 @@ def server_json(server: Server) -> str:
     )
 
 
-def encode_state(state: ClusterState) -> bytes:
-    """Return the state as Go's `/api/state.json` and push-pull bytes."""
+def state_json(state: ClusterState) -> str:
+    """Return the state as Go's compact JSON text (`/api/state.json`)."""
     servers = ",".join(
         f"{quote(name)}:{server_json(state.servers[name])}" for name in sorted(state.servers)
     )
     return (
         f'{{"Servers":{{{servers}}},"LastChanged":"{times.format_time(state.last_changed)}",'
         f'"ClusterName":{quote(state.cluster_name)},"Hostname":{quote(state.hostname)}}}'
+    )
+
+
+def encode_state(state: ClusterState) -> bytes:
+    """Return the state as Go's `/api/state.json` and push-pull bytes."""
+    return state_json(state).encode()
+
+
+def encode_state_changed(state: ClusterState, event: ChangeEvent) -> bytes:
+    """Return Go's `StateChangedEvent` document, the body a URL listener is POSTed: the state
+    after the change and the change, compact as Go's `json.Marshal` writes it
+    (`{"State":...,"ChangeEvent":{"Service":...,"PreviousStatus":n,"Time":"..."}}`)."""
+    return (
+        f'{{"State":{state_json(state)},"ChangeEvent":{{"Service":{service_json(event.service)},'
+        f'"PreviousStatus":{int(event.previous_status)},'
+        f'"Time":"{times.format_time(event.time)}"}}}}'
     ).encode()
 
 
