@@ -189,6 +189,9 @@ all)
 	timed "setup (Debian packages, .venv)" bash scripts/setup.sh all
 	timed "dockerd" start_dockerd
 	timed "test image" bash scripts/build-test-image.sh "$IMAGE"
+	# The Debian base of the sidecar image (tests/integration/test_image.py builds the image on
+	# it): debootstrap, about a minute on a fresh machine; skipped when it exists.
+	timed "sidecar base image (debootstrap, cached)" bash scripts/build-base-image.sh
 	lint_checks
 	check "pytest" pytest "$@"
 	;;
