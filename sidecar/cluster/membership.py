@@ -15,7 +15,8 @@ User messages (type 8) carry the node's records: `receive` ignores them, `send_u
 them. Gossip packs memberlist's broadcasts first, then user messages, in Go's 1,400-byte
 budget; pings, acks, indirect pings and nacks carry queued broadcasts too (piggybacking, as
 Go's `sendMsg`). Beyond Go, still wire-compatible: a queued user message goes to the gossip
-fanout at once (the eager push) and then on later gossip rounds up to its retransmit limit
+fanout at once (the eager push; the caller may widen it) and then on later gossip rounds up to
+its retransmit limit (the caller may add rounds)
 (copies riding on pings and acks come on top: each reaches one node, a round three);
 a newer message under the same key replaces a queued one; and a message too large for any
 packet goes to the fanout as a TCP user message (`StreamSend`) instead of blocking the queue.
@@ -225,6 +226,8 @@ class _Broadcast:
     size: int
     """What the message costs in a compound: its encoding and its 2-byte length."""
     transmits: int = 0
+    extra_rounds: int = 0
+    """Rounds a user message gets beyond the limit (news, not a refresh)."""
 
 
 @dataclass(slots=True)
@@ -510,10 +513,18 @@ class Membership:
         self._broadcast(self._own_alive())
         return Output()
 
-    def send_user(self, messages: Iterable[tuple[str, bytes]], now: int) -> Output:
-        """Queue user messages `(key, payload)` for gossip and push them at once to the
-        gossip fanout (a newer message under a queued key replaces it). One too large for a
-        packet goes to the fanout over TCP instead (`Output.streams`)."""
+    def send_user(
+        self,
+        messages: Iterable[tuple[str, bytes]],
+        now: int,
+        *,
+        fanout: int | None = None,
+        extra_rounds: int = 0,
+    ) -> Output:
+        """Queue user messages `(key, payload)` for gossip and push them at once to `fanout`
+        random members (default: the gossip fanout; a newer message under a queued key
+        replaces it), each then sent on `extra_rounds` more gossip rounds than the limit.
+        One too large for a packet goes to the fanout over TCP instead (`Output.streams`)."""
         out = _Out()
         fresh: list[_Broadcast] = []
         oversized: list[User] = []
@@ -526,12 +537,12 @@ class Membership:
                 oversized.append(message)
                 continue
             self._order += 1
-            broadcast = _Broadcast(key, message, self._order, size)
+            broadcast = _Broadcast(key, message, self._order, size, extra_rounds=extra_rounds)
             self._user_queue[key] = broadcast
             fresh.append(broadcast)
         if not fresh and not oversized:
             return Output()
-        targets = self._gossip_targets(now)
+        targets = self._gossip_targets(now, fanout)
         for message in oversized:
             out.streams.extend(StreamSend(t.address, message) for t in targets)
         if targets and fresh:
@@ -828,7 +839,7 @@ class Membership:
     def _transmitted(self, broadcast: _Broadcast, limit: int, user_limit: int) -> None:
         broadcast.transmits += 1
         if isinstance(broadcast.message, User):
-            done = broadcast.transmits >= user_limit
+            done = broadcast.transmits >= user_limit + broadcast.extra_rounds
             if done and self._user_queue.get(broadcast.node) is broadcast:
                 del self._user_queue[broadcast.node]
         elif broadcast.transmits >= limit:
@@ -865,7 +876,7 @@ class Membership:
         ordered.extend(sorted(self._user_queue.values(), key=_broadcast_key))
         return ordered
 
-    def _gossip_targets(self, now: int) -> list[Member]:
+    def _gossip_targets(self, now: int, k: int | None = None) -> list[Member]:
         def qualifies(m: Member) -> bool:
             if m.name == self.config.name:
                 return False
@@ -873,7 +884,7 @@ class Membership:
                 return now - m.state_change <= self.config.gossip_to_the_dead_time
             return True
 
-        return self._random_members(self.config.gossip_nodes, qualifies)
+        return self._random_members(k or self.config.gossip_nodes, qualifies)
 
     def _broadcast(self, message: Alive | Suspect | Dead) -> None:
         self._queue = [b for b in self._queue if b.node != message.node]

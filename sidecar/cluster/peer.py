@@ -57,6 +57,15 @@ from sidecar.state.model import ChangeEvent, ClusterState, Service
 
 NODE_TICK = SECOND
 PUSH_PULL_INTERVAL = 20 * SECOND
+NEWS_FANOUT = 4
+"""Members a record that is news (new, or with a new status) goes to at once (a refresh:
+the gossip fanout, 3)."""
+NEWS_EXTRA_ROUNDS = 1
+"""Gossip rounds news gets beyond a refresh's. Each host that learns it sends it to 10
+others instead of 6, so a host missed by the first wave has it within 0.4 s rather than at
+the owner's repeat a second later (20 simulated hosts, 300 new services: worst 0.40 s instead
+of 1.01 s, 13 % more datagrams; p50 and p99 unchanged). A refresh, re-stamped every 30 s,
+has time for the next wave and the push/pulls."""
 RECONNECT_INTERVAL = 10 * SECOND
 RECONNECT_FOR = 6 * 3600 * SECOND
 """A member declared dead (not one that left) is tried again by push/pull, one every
@@ -434,8 +443,21 @@ class Peer:
         out.changes.extend(step.events)
         if step.send:
             latest = {record_key(r): r for r in step.send}
-            messages = [(key, self._encode_record(r)) for key, r in latest.items()]
-            self._emit(self.membership.send_user(messages, now), out)
+            news = {record_key(e.service) for e in step.events}
+            for urgent in (True, False):
+                messages = [
+                    (key, self._encode_record(r))
+                    for key, r in latest.items()
+                    if (key in news) is urgent
+                ]
+                if messages:
+                    sent = self.membership.send_user(
+                        messages,
+                        now,
+                        fanout=NEWS_FANOUT if urgent else None,
+                        extra_rounds=NEWS_EXTRA_ROUNDS if urgent else 0,
+                    )
+                    self._emit(sent, out)
 
     def _take_membership(self, result: MembershipOutput, *, now: int, wall: int, out: _Out) -> None:
         self._emit(result, out)

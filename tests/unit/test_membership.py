@@ -475,6 +475,19 @@ def test_user_messages_go_to_the_fanout_at_once_then_on_gossip_rounds_up_to_the_
     assert [q for q in m.queued() if isinstance(q, User)] == []
 
 
+def test_news_goes_to_a_wider_fanout_at_once_and_on_more_rounds() -> None:
+    peers = [
+        Member(f"p{i}", ip(i), 7946, b"m", GO_VSN, 1, NodeState.ALIVE, T0) for i in range(2, 12)
+    ]
+    m = Membership(Config(name="me", addr=ip(1), port=7946), random.Random(0), T0, members=peers)
+    out = m.send_user([("web", b"v1")], T0, fanout=4, extra_rounds=1)
+    assert len({s.to for s in out.sends}) == 4
+    later = run(m, T0 + 900 * MS, start=T0 + 1)
+    rounds = {t for t, _, msg in later.messages() if isinstance(msg, User)}
+    assert len(rounds) == user_transmit_limit(m.config, 11) - 1 + 1  # one round more
+    assert [q for q in m.queued() if isinstance(q, User)] == []
+
+
 def test_a_user_message_riding_on_acks_keeps_its_gossip_round() -> None:
     # Found by the peer simulation: in a cluster of five, two acks used up a record's two
     # rounds, so after the eager push it reached nobody else and one host missed it.

@@ -20,7 +20,7 @@ from sidecar.cluster.messages import (
     PushPull,
     User,
 )
-from sidecar.cluster.peer import Peer, push_pull_scale
+from sidecar.cluster.peer import NEWS_FANOUT, Peer, push_pull_scale
 from sidecar.state import codec as records
 from sidecar.state.model import Port, Service, Status
 
@@ -87,6 +87,16 @@ def test_a_gossiped_record_is_merged_and_relayed_once_as_it_arrived() -> None:
     again = peer.datagram(packet, address(3), now=T0 + MS, wall=EPOCH + 2 * SECOND)
     assert not again.changed
     assert not [p for d in again.datagrams for p in users(d.data)]
+
+
+def test_news_goes_to_four_members_at_once_a_relay_of_it_too() -> None:
+    peer = make(peers=6)
+    out = peer.observe([service("h1")], now=T0, wall=EPOCH)
+    assert len({d.to for d in out.datagrams if users(d.data)}) == NEWS_FANOUT == 4
+    relay = make(peers=6)
+    packet = codec.encode_packet([User(records.encode_service(service("h2")))], crc=True)
+    out = relay.datagram(packet, address(2), now=T0, wall=EPOCH + 2 * SECOND)
+    assert len({d.to for d in out.datagrams if users(d.data)}) == 4
 
 
 def test_bad_bytes_and_bad_records_are_rejected_and_change_nothing() -> None:
