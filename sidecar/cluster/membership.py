@@ -15,11 +15,11 @@ User messages (type 8) carry the node's records: `receive` ignores them, `send_u
 them. Gossip packs memberlist's broadcasts first, then user messages, in Go's 1,400-byte
 budget; pings, acks, indirect pings and nacks carry queued broadcasts too (piggybacking, as
 Go's `sendMsg`). Beyond Go, still wire-compatible: a queued user message goes to the gossip
-fanout at once (the eager push; the caller may widen it) and then on later gossip rounds up to
-its retransmit limit (the caller may add rounds)
-(copies riding on pings and acks come on top: each reaches one node, a round three);
-a newer message under the same key replaces a queued one; and a message too large for any
-packet goes to the fanout as a TCP user message (`StreamSend`) instead of blocking the queue.
+fanout at once (the eager push; the caller may widen it) and then on later gossip rounds up
+to its retransmit limit (the caller may add rounds; copies riding on pings and acks come on
+top: each reaches one node, a round three); a newer message under the same key replaces a
+queued one; and a message too large for any packet goes to the fanout as a TCP user message
+(`StreamSend`) instead of blocking the queue.
 """
 
 from __future__ import annotations
