@@ -342,6 +342,8 @@ def _check_endpoint(value: str) -> str:
 
 def _docker_url(value: str) -> str:
     _no_space(value)
+    if value == "":
+        return value  # Go's "use the DOCKER_* environment" (DOCKER_HOST, DOCKER_TLS_VERIFY, ...)
     scheme = next((scheme for scheme in _SCHEMES if value.startswith(scheme)), None)
     if scheme is None:
         raise ValueError(

@@ -52,12 +52,14 @@ def host_discovery(
     config: Config, policy: DiscoveryPolicy, *, docker_url: str | None = None
 ) -> HostDiscovery:
     """Return this host's discovery with the sources the configuration names (`docker`,
-    `static`); `docker_url` overrides the configured Engine URL."""
+    `static`); `docker_url` overrides the configured Engine URL. An empty URL is Go's way to
+    say "the Docker SDK's environment": `DOCKER_HOST`, `DOCKER_TLS_VERIFY`, `DOCKER_CERT_PATH`
+    (the Docker SDK reads them, as Go's client does)."""
     docker = None
     if "docker" in config.sidecar.discovery:
         from sidecar.adapters.docker import DockerDiscovery  # the SDK costs 6 MiB: on demand
 
-        docker = DockerDiscovery(docker_url or config.docker_discovery.docker_url)
+        docker = DockerDiscovery(docker_url or config.docker_discovery.docker_url or None)
     static = None
     if "static" in config.sidecar.discovery:
         s = config.static_discovery

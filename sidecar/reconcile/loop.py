@@ -167,6 +167,7 @@ class Reconciler:
         self._changed = asyncio.Event()
         self._retry_at: float | None = None
         self._backoff = 0.5
+        self._logged_error: str | None = None  # said once while retries meet it again
         self._applied = asyncio.Condition()
         self._generation = 0  # tables handed in
         self._done_generation = 0  # tables applied (or attempted)
@@ -425,7 +426,8 @@ class Reconciler:
         """Record an outcome and when to try again: soon for a deferred deletion; after a
         backoff for a failure (`on-error`); at the next change for a rejected config or
         template (`next-change`: they do not fix themselves). A failure that is no `news`
-        (the same refusal met again by a resync) is neither logged nor counted again."""
+        (the same refusal met again by a resync) is neither logged nor counted again; one a
+        retry meets again is counted, and logged as an error only the first time."""
         outcome = replace(outcome, at=time.time())
         self.last = outcome
         if outcome.applied and outcome.actions and news:
@@ -435,7 +437,11 @@ class Reconciler:
             self._retry_at = None
         elif outcome.error is not None:
             self.stats.failures += 1
-            log.error("HAProxy not updated: %s", outcome.error)
+            if outcome.error == self._logged_error:
+                log.debug("HAProxy still not updated (retrying): %s", outcome.error)
+            else:
+                log.error("HAProxy not updated: %s", outcome.error)
+                self._logged_error = outcome.error
             if retry == "on-error":
                 self._retry_at = self._clock() + self._backoff
                 self._backoff = min(self._backoff * 2, MAX_BACKOFF)
@@ -446,4 +452,5 @@ class Reconciler:
             self._retry_at = self._clock() + BUSY_RETRY
         else:
             self._retry_at, self._backoff = None, 0.5
+            self._logged_error = None
         return outcome

@@ -195,6 +195,35 @@ def test_watch_streams_a_document_per_change(spawn, daemon_env, run_container, t
         curl.stdout.close()
 
 
+def test_an_empty_docker_url_reaches_the_engine_through_the_docker_environment(
+    spawn, daemon_env, run_container, test_image, tmp_path
+):
+    # Go's documented way without the socket mount: DOCKER_URL= and the DOCKER_* variables.
+    # DOCKER_HOST names a path that is not there yet: the Engine is unreachable through it
+    # (the default socket, which answers, is not used); once it links to the Engine's socket,
+    # the daemon reconnects and discovers.
+    link = tmp_path / "engine.sock"
+    env = {**daemon_env, "DOCKER_URL": "", "DOCKER_HOST": f"unix://{link}"}
+    start(spawn, env)
+    wait_for(lambda: http_request(api_url(env, "/healthz")).status == 200, what="/healthz")
+    wait_for(
+        lambda: "Docker Engine unreachable" in spawn.log("sidecar"),
+        what="the daemon trying DOCKER_HOST's missing socket",
+    )
+    link.symlink_to("/var/run/docker.sock")
+    name = f"envurl-{uuid.uuid4().hex[:6]}"
+    container = run_container(
+        test_image,
+        SERVES_ITS_NAME,
+        labels={"ServiceName": name, "ServicePort_80": "18998"},
+        publish_all_ports=True,
+    )
+    wait_for(
+        lambda: (record(env, name, container.id[:12]) or {}).get("Status") == 0,
+        what=f"{name} ALIVE, discovered through DOCKER_HOST",
+    )
+
+
 @pytest.mark.parametrize(
     ("env_change", "expected"),
     [

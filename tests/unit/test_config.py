@@ -171,6 +171,10 @@ def test_go_toml_layout_is_read(in_tmp):
     assert "[sidecar] stats_addr: a Go Sidecar setting, ignored" in ignored[0]
 
 
+def test_an_empty_docker_url_means_the_docker_environment_as_in_go():
+    assert load(path=None, environ={"DOCKER_URL": ""}).docker_discovery.docker_url == ""
+
+
 def test_gos_two_slash_docker_url_is_refused_with_the_fix(in_tmp):
     (in_tmp / "sidecar.toml").write_text(
         '[docker_discovery]\ndocker_url = "unix://var/run/docker.sock"\n'

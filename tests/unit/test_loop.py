@@ -294,7 +294,7 @@ def test_the_plan_report_is_made_when_asked_for_and_shows_no_servers():
     assert report["haproxy_running"] is False
 
 
-def test_what_runs_cannot_be_read_is_a_failure_retried_not_the_end_of_the_loop():
+def test_what_runs_cannot_be_read_is_a_failure_retried_not_the_end_of_the_loop(caplog):
     haproxy = ModelHaproxy()
 
     class FlakyAddresses(Addresses):
@@ -337,6 +337,12 @@ def test_what_runs_cannot_be_read_is_a_failure_retried_not_the_end_of_the_loop()
     assert last is not None
     assert last.error is None
     assert failures == 2
+    # The same failure met again by the retry is said once (an error until it changes).
+    said = [r for r in caplog.records if r.getMessage().startswith("HAProxy not updated")]
+    assert [(r.levelname, r.getMessage()) for r in said] == [
+        ("ERROR", f"HAProxy not updated: {first.error}")
+    ]
+    caplog.clear()
     assert haproxy.calls == ["write", "start"]
 
     unreadable = UnreadableHaproxy()
