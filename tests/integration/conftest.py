@@ -15,7 +15,7 @@ Fixtures:
   teardown, with every process started in it.
 - `spawn`: `spawn.start(args, name=...)` starts a background process logging to
   `<tmp_path>/<name>.log` (`spawn.log(name)` reads it); all stopped at teardown.
-- `loopback`: hands out free 127.0.0.x addresses and ports.
+- `loopback`: hands out free loopback addresses (127.0.N.x) and ports.
 - `wait_until(probe, what=..., timeout=...)`: polls, bounded in count and time.
 - `http_get(url)`: one GET to a loopback address (refuses any other), no proxies.
 - `backend(host, sid, service_port=8080)` (a factory): a busybox httpd on a fresh 127.0.0.x
@@ -163,23 +163,28 @@ def http_get() -> Callable[..., HttpReply]:
 
 
 class Loopback:
-    """Hands out 127.0.0.x addresses and ports that are free now and unused this session."""
+    """Hands out loopback addresses and ports that are free now and unused this session."""
+
+    # 127.0.0.2-254 first (the addresses people read best), then 127.0.1-15.x: a whole run
+    # of the suite takes more than 253 (all of 127.0.0.0/8 is on lo).
+    SUBNETS = 16
 
     def __init__(self) -> None:
         self._given: set[str] = set()
         self._rng = random.Random()
 
     def address(self, ports: Sequence[int] = ()) -> str:
-        """A fresh 127.0.0.x (x in 2..254) on which every port in `ports` is free (TCP, UDP)."""
-        candidates = [f"127.0.0.{x}" for x in range(2, 255)]
-        self._rng.shuffle(candidates)
-        for addr in candidates:
-            if addr in self._given:
-                continue
-            if all(port_is_free(addr, port) for port in ports):
-                self._given.add(addr)
-                return addr
-        raise RuntimeError(f"no free 127.0.0.x address with ports {list(ports)} free")
+        """A fresh 127.0.N.x (x in 2..254) on which every port in `ports` is free (TCP, UDP)."""
+        for subnet in range(self.SUBNETS):
+            candidates = [f"127.0.{subnet}.{x}" for x in range(2, 255)]
+            self._rng.shuffle(candidates)
+            for addr in candidates:
+                if addr in self._given:
+                    continue
+                if all(port_is_free(addr, port) for port in ports):
+                    self._given.add(addr)
+                    return addr
+        raise RuntimeError(f"no free 127.0.N.x address with ports {list(ports)} free")
 
     def port(self, host: str = "127.0.0.1") -> int:
         """A TCP port that is free on `host` right now (the kernel's pick)."""
