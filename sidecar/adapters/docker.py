@@ -47,6 +47,7 @@ HEALTH_ACTION: Final = "health_status"
 
 DEFAULT_SOCKET: Final = "unix:///var/run/docker.sock"
 API_TIMEOUT: Final = 10.0  # seconds, for one list or inspect call
+MIN_API_VERSION: Final = "1.24"  # what the Engine's version is asked with (Docker 1.12, 2016)
 
 # What a lost or refused connection to the Engine raises from inside the SDK.
 ENGINE_ERRORS: Final = (DockerException, requests.exceptions.RequestException, OSError)
@@ -227,7 +228,7 @@ class DockerDiscovery:
                 probe.settimeout(API_TIMEOUT)
                 probe.connect(url.removeprefix("unix://"))
         if self._base_url is None:
-            return docker.from_env(timeout=API_TIMEOUT)
+            return _client_from_environment()
         return docker.DockerClient(base_url=self._base_url, timeout=API_TIMEOUT)
 
     def _disconnect(self) -> None:
@@ -320,6 +321,27 @@ class DockerDiscovery:
 
 
 # ---------------------------------------------------------------------- in threads
+
+
+def _client_from_environment() -> docker.DockerClient:
+    """Return a client of the Engine the Docker environment names (`DOCKER_HOST`,
+    `DOCKER_TLS_VERIFY`, `DOCKER_CERT_PATH`), as Go's client is made (blocking: it asks the
+    Engine's API version).
+
+    `requests` would let `REQUESTS_CA_BUNDLE` or `CURL_CA_BUNDLE` replace the CA of
+    `DOCKER_CERT_PATH` (docker-py#2433), so the TLS Engine would not be reached: the client
+    reads no environment of its own, and the version is asked by a client that does not
+    either (`docker.from_env` asks it while it is made)."""
+    kwargs = docker.utils.kwargs_from_env()
+    probe = docker.APIClient(**kwargs, version=MIN_API_VERSION, timeout=API_TIMEOUT)
+    probe.trust_env = False
+    try:
+        version = probe.version(api_version=False)["ApiVersion"]
+    finally:
+        probe.close()
+    client = docker.DockerClient(**kwargs, version=version, timeout=API_TIMEOUT)
+    client.api.trust_env = False
+    return client
 
 
 def _list_running(client: docker.DockerClient) -> dict[str, ContainerFacts]:
