@@ -24,8 +24,6 @@ import argparse
 import contextlib
 import http.client
 import ipaddress
-import random
-import socket
 import statistics
 import subprocess
 import time
@@ -34,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from daemon import Loopback
 from procs import sigterm_as_interrupt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,39 +43,6 @@ API_TIMEOUT = 30.0
 POLL = 0.01
 SIZE_TARGET_MB = 160.0
 START_TARGET_S = 2.0
-
-
-def port_free(host: str, port: int) -> bool:
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                return False
-    return True
-
-
-class Loopback:
-    """Hands out 127.0.0.x addresses (never 127.0.0.1) not given before in this run, on which
-    the ports asked for are free now; and free ports (the kernel's pick)."""
-
-    def __init__(self) -> None:
-        self._given: set[str] = set()
-        self._rng = random.Random()
-
-    def address(self, ports: Sequence[int] = ()) -> str:
-        candidates = [f"127.0.0.{x}" for x in range(2, 255)]
-        self._rng.shuffle(candidates)
-        for ip in candidates:
-            if ip not in self._given and all(port_free(ip, p) for p in ports):
-                self._given.add(ip)
-                return ip
-        raise RuntimeError(f"no free 127.0.0.x address with ports {list(ports)} free")
-
-    def port(self) -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("0.0.0.0", 0))
-            return int(sock.getsockname()[1])
 
 
 def api_answers(host: str, port: int) -> bool:
