@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import config as configuration
+from sidecar.adapters.listeners import service_name
 from sidecar.daemon import Daemon, DaemonFailed
 from sidecar.host import HostObservation
 from sidecar.state import times
@@ -206,3 +207,35 @@ def test_with_seeds_the_daemon_is_a_cluster_member_that_has_not_started():
     assert member.gossip is not None
     assert member.gossip.peer.name == "me"
     assert [(m["Name"], m["State"]) for m in member.member_list()] == [("me", "alive")]
+
+
+def test_the_daemon_feeds_every_listener_and_shows_them_in_metrics():
+    d = daemon(HAPROXY_DISABLE="true", LISTENERS_URLS="http://127.0.0.1:9/a")
+    mine = service_name("web", "a1")
+
+    async def scenario():
+        d.observe(
+            HostObservation(
+                (web("a1"), web("b2")),
+                (),
+                T0,
+                listeners=((mine, "http://127.0.0.1:30001/sidecar/update"),),
+            )
+        )
+        return d.metrics()
+
+    text = asyncio.run(scenario()).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    queued = {
+        s.labels["listener"]: s.value for s in families["sidecar_listener_queue_length"].samples
+    }
+    # Both services' appearances, for both listeners: the new one hears of its own.
+    assert queued == {"UrlListener(http://127.0.0.1:9/a)": 2, mine: 2}
+    drops = {
+        (s.labels["listener"], s.labels["reason"]): s.value
+        for s in families["sidecar_listener_drops"].samples
+    }
+    assert drops[(mine, "overflow")] == 0
+    assert drops[(mine, "failed")] == 0
+    for family in ("sidecar_listener_deliveries", "sidecar_listener_retries"):
+        assert {s.labels["listener"] for s in families[family].samples} == set(queued)

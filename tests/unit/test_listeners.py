@@ -8,9 +8,7 @@ import json
 import logging
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar import config as configuration
 from sidecar.adapters.listeners import (
     RETRY_SLEEPS,
     DeliveryQueue,
@@ -20,10 +18,8 @@ from sidecar.adapters.listeners import (
     service_name,
     static_name,
 )
-from sidecar.daemon import Daemon
-from sidecar.host import HostObservation
 from sidecar.state import codec, times
-from sidecar.state.model import ChangeEvent, ClusterState, Port, Server, Service, Status
+from sidecar.state.model import ChangeEvent, ClusterState, Server, Service, Status
 
 # The spec's exact service example (sidecar-behaviour.md §1.3).
 SPEC_SERVICE = (
@@ -274,62 +270,3 @@ def test_run_starts_every_listener_and_stops_them_when_cancelled():
         "http://127.0.0.1:1/a",
         "http://127.0.0.1:2/sidecar/update",
     ]
-
-
-# ---------------------------------------------------------------- the daemon's wiring
-
-
-def web(sid: str, status: Status = Status.ALIVE) -> Service:
-    return Service(
-        id=sid,
-        name="web",
-        image="web:1",
-        created=T0,
-        hostname="me",
-        ports=(Port(type="tcp", port=30001, service_port=8080, ip="127.0.0.1"),),
-        updated=0,
-        proxy_mode="http",
-        status=status,
-    )
-
-
-def test_the_daemon_feeds_every_listener_and_shows_them_in_metrics():
-    env = {
-        "SIDECAR_DISCOVERY": "static",
-        "HAPROXY_DISABLE": "true",
-        "LISTENERS_URLS": "http://127.0.0.1:9/a",
-    }
-    d = Daemon(
-        configuration.load(path=None, environ=env),
-        hostname="me",
-        advertise_ip="127.0.0.1",
-        clock=lambda: T0,
-    )
-    mine = service_name("web", "a1")
-
-    async def scenario():
-        d.observe(
-            HostObservation(
-                (web("a1"), web("b2")),
-                (),
-                T0,
-                listeners=((mine, "http://127.0.0.1:30001/sidecar/update"),),
-            )
-        )
-        return d.metrics()
-
-    text = asyncio.run(scenario()).decode()
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    queued = {
-        s.labels["listener"]: s.value for s in families["sidecar_listener_queue_length"].samples
-    }
-    # Both services' appearances, for both listeners: the new one hears of its own.
-    assert queued == {"UrlListener(http://127.0.0.1:9/a)": 2, mine: 2}
-    drops = {
-        (s.labels["listener"], s.labels["reason"]): s.value
-        for s in families["sidecar_listener_drops"].samples
-    }
-    assert drops[(mine, "overflow")] == 0
-    assert drops[(mine, "failed")] == 0
-    for family in ("sidecar_listener_deliveries", "sidecar_listener_retries"):
-        assert {s.labels["listener"] for s in families[family].samples} == set(queued)
