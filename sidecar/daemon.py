@@ -359,7 +359,8 @@ class Daemon:
                 part.cancel()
             await asyncio.gather(stopping, *tasks, return_exceptions=True)
             # All bounded (the API ~0.3 s, HAProxy STOP_GRACE, the leave 0.5 s): the daemon
-            # exits within 1 s. Peers hear the leave and tombstone our services at once.
+            # exits within 1 s (a stop of HAProxy during a reload waits for the new master,
+            # up to STOP_DURING_RELOAD). Peers hear the leave and tombstone our services.
             await asyncio.gather(server.stop(), self._release(), self._leave())
 
     async def _join(self) -> None:

@@ -49,10 +49,16 @@ DRAIN_TIMEOUT: Final = 0.2  # then ServerBusy: it stays in maintenance and the l
 # it finishes them on its own, bounded by the config's `hard-stop-after`.
 STOP_GRACE: Final = 0.5
 # A soft stop sent while the master re-executes itself for a reload is lost (measured: every
-# SIGUSR1 within ~30 ms of `reload`): it is sent again at this interval until HAProxy says
-# it is exiting.
+# SIGUSR1 within ~30 ms of `reload`), and a master that re-executes after it said it exits
+# (a `reload` that reached it just after the stop) has forgotten the stop: it is sent again
+# at this interval until HAProxy says it is exiting and has not re-executed since.
 STOP_REPEAT: Final = 0.05
+# While the master re-executes, a stop waits for the new master (at most this long from the
+# stop's start) rather than leave it serving.
+STOP_DURING_RELOAD: Final = 5.0
 _EXITING: Final = "Exiting Master process"
+_REEXECUTING: Final = "Reloading HAProxy"
+_LOADED: Final = ("Loading success", "Loading failure")
 
 # HAProxy processes left to finish their requests on their own. Kept for the life of this
 # process: asyncio closes the transport of a child it collects, which kills a running child.
@@ -226,7 +232,21 @@ class _Child:
     proc: asyncio.subprocess.Process
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stopping: bool = False
-    exiting: asyncio.Event = field(default_factory=asyncio.Event)  # the master said so
+    exiting: bool = False  # the master said so, and has not re-executed since
+    reexecuting: bool = False  # between the master's "Reloading" and its "Loading ..."
+    said: asyncio.Event = field(default_factory=asyncio.Event)  # set on each of those lines
+
+    def hear(self, line: str) -> None:
+        """Follow what the master says about stopping and re-executing."""
+        if _EXITING in line:
+            self.exiting = True
+        elif _REEXECUTING in line:
+            self.exiting, self.reexecuting = False, True
+        elif any(word in line for word in _LOADED):
+            self.reexecuting = False
+        else:
+            return
+        self.said.set()
 
 
 class Haproxy:
@@ -428,8 +448,7 @@ class Haproxy:
             line = raw.decode(errors="replace").rstrip()
             if not line:
                 continue
-            if _EXITING in line:
-                child.exiting.set()
+            child.hear(line)
             self._last_words.append(line)
             # Reloads make HAProxy say a lot at WARNING ("Proxy x stopped"); only its
             # alerts are worth an operator's attention by default.
@@ -496,7 +515,8 @@ class Haproxy:
 
     async def _stop_child(self, *, kill: bool, grace: float = STOP_GRACE) -> bool:
         """Soft-stop the HAProxy this adapter started and wait up to `grace` seconds for it
-        to exit. With `kill` (a master that never came up or already died: it serves
+        to exit (a reload in flight adds the new master's start, up to `STOP_DURING_RELOAD`
+        in all). With `kill` (a master that never came up or already died: it serves
         nothing) what is left is then killed; without it, a master still finishing requests
         in flight is left to finish them, bounded by its `hard-stop-after`. Returns whether
         it has exited (True when there was none)."""
@@ -505,32 +525,41 @@ class Haproxy:
             return True
         child.stopping = True
         proc, loop = child.proc, asyncio.get_running_loop()
-        deadline = loop.time() + grace
+        until, latest = loop.time() + grace, loop.time() + STOP_DURING_RELOAD
         exited = asyncio.ensure_future(proc.wait())
         try:
-            while not exited.done() and not child.exiting.is_set() and loop.time() < deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGUSR1)  # soft stop: finish what is in flight
-                said = asyncio.ensure_future(child.exiting.wait())
+            while not exited.done():
+                if child.reexecuting:  # wait for the new master, then give it `grace`
+                    until = max(until, min(loop.time() + grace, latest))
+                if loop.time() >= until:
+                    break
+                if not child.exiting:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGUSR1)  # soft stop: finish what is in flight
+                child.said.clear()
+                said = asyncio.ensure_future(child.said.wait())
+                wait = until - loop.time()
                 await asyncio.wait(
-                    [exited, said], timeout=min(STOP_REPEAT, max(0.0, deadline - loop.time()))
+                    [exited, said], timeout=wait if child.exiting else min(STOP_REPEAT, wait)
                 )
                 said.cancel()
-            await asyncio.wait([exited], timeout=max(0.0, deadline - loop.time()))
             if not exited.done() and kill:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await exited
             elif not exited.done():
                 _LEFT_RUNNING.append(proc)
-                log.info(
-                    "HAProxy (master %d) %s",
-                    proc.pid,
-                    "finishes the requests in flight, then exits (at the latest after the "
-                    "config's hard-stop-after)"
-                    if child.exiting.is_set()
-                    else "did not confirm the stop; it may keep serving",
-                )
+                if child.exiting:
+                    log.info(
+                        "HAProxy (master %d) finishes the requests in flight, then exits (at "
+                        "the latest after the config's hard-stop-after)",
+                        proc.pid,
+                    )
+                else:
+                    log.warning(
+                        "HAProxy (master %d) did not confirm the stop; it may keep serving",
+                        proc.pid,
+                    )
         finally:
             exited.cancel()
             for task in child.tasks:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.adapters.haproxy import STOP_DURING_RELOAD
+
 from .conftest import REPO, daemon_environment, http_request, wait_for
 
 pytestmark = [pytest.mark.haproxy]
@@ -151,7 +153,10 @@ def test_sigterm_right_after_a_reload(spawn, site, cpu_load):
             timeout=30,
         )
         took = stop(proc)
-        assert took < STOP_BOUND, f"attempt {attempt}: SIGTERM -> exit took {took:.2f}s"
+        print(f"attempt {attempt}: SIGTERM -> exit {took:.2f}s")
+        # Within a second, unless the stop waited for the re-executing master (bounded).
+        bound = STOP_BOUND + STOP_DURING_RELOAD
+        assert took < bound, f"attempt {attempt}: SIGTERM -> exit took {took:.2f}s"
         wait_for(lambda: not alive(pid), what="HAProxy stopped (stop_on_exit)", timeout=10)  # noqa: B023
         site.serve(8080)
 

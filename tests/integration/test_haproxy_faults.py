@@ -274,3 +274,56 @@ def test_the_stats_answer_on_the_bind_ip_only(haproxy_site, backend, loopback):
                     socket.create_connection((elsewhere, port), timeout=5).close()
 
     asyncio.run(scenario())
+
+
+def test_a_master_that_reloads_after_its_stop_is_stopped_again(haproxy_site, backend):
+    """HAProxy forgets a soft stop when a `reload` reaches its master afterwards (a reload the
+    daemon sent just before its own stop): the new master serves on. The stop is sent again
+    until the master says it exits and has not re-executed since."""
+    options, settings = haproxy_site
+    settings = replace(settings, hard_stop_after=3.0)
+    a = backend("h1", "a1")
+    url = f"http://{settings.bind_ip}:8080/"
+
+    async def scenario():
+        async with reconciling(options, settings) as (haproxy, reconciler):
+            await apply(reconciler, a)
+            pid = (await master(haproxy)).master
+            # A request in flight keeps the stopping master alive long enough for the reload.
+            held = await asyncio.to_thread(held_connection, settings.bind_ip, 8080)
+            os.kill(pid, signal.SIGUSR1)  # the stop, as the adapter sends it...
+            await eventually(
+                lambda: asyncio.to_thread(refused, settings.bind_ip, 8080),
+                what="the stopping HAProxy closed",
+            )
+            await cli(options.master_socket, "reload")  # ...then a reload reaches the master
+            await eventually(
+                lambda: asyncio.to_thread(answered, url),
+                what="the re-executed master serving again (the stop forgotten)",
+            )
+            stopped = await haproxy.close(stop=True)
+        return pid, held, stopped
+
+    pid, held, stopped = asyncio.run(scenario())
+    with held:
+        assert not stopped  # the old worker still has the request in flight
+        assert refused(settings.bind_ip, 8080)  # but nothing takes new connections any more
+    # The held connection is closed: the old worker exits, and so does the master.
+    wait_for(lambda: not alive(pid), what="HAProxy gone after the second stop", timeout=20)
+
+
+def refused(host: str, port: int) -> bool:
+    """Whether a TCP connection to host:port is refused."""
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def answered(url: str) -> bool:
+    """Whether a GET of `url` is answered 200 (False while nothing listens)."""
+    try:
+        return http_request(url).status == 200
+    except OSError:
+        return False
