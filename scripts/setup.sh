@@ -30,6 +30,7 @@ PACKAGES=(
 	curl           # ad-hoc checks, e.g. from inside a namespace
 	socat          # talks to HAProxy's admin socket in manual checks
 	wrk            # load for benchmarks
+	chromium       # headless browser for the UI tests (driven by Playwright, the `ui` group)
 )
 
 installed() {
@@ -111,8 +112,8 @@ setup_venv() {
 		log "upgrading pip in .venv (need >= 25.1 for --group)"
 		"$py" -m pip install -q --disable-pip-version-check 'pip>=25.1'
 	fi
-	log "installing sidecar (editable) with groups test, lint"
-	"$py" -m pip install -q --disable-pip-version-check -e . --group test --group lint
+	log "installing sidecar (editable) with groups test, lint, ui"
+	"$py" -m pip install -q --disable-pip-version-check -e . --group test --group lint --group ui
 	echo "$want" >"$stamp"
 	log ".venv ready ($((SECONDS - t0))s)"
 }

@@ -11,8 +11,8 @@
 # dockerd is started only if no engine answers, and then stopped on exit (also on failure or
 # interrupt); an engine that was already running is left alone.
 #
-# Under CI=true: SIDECAR_REQUIRE=docker,haproxy,netns,cluster (a marked test whose component is
-# missing fails instead of skipping) and SIDECAR_HYPOTHESIS_PROFILE=ci, unless already set.
+# Under CI=true: SIDECAR_REQUIRE=docker,haproxy,netns,cluster,browser (a marked test whose
+# component is missing fails instead of skipping) and SIDECAR_HYPOTHESIS_PROFILE=ci, unless already set.
 # SIDECAR_PYTEST_TIMEOUT (seconds; CI default 3000, else 0 = none): pytest gets SIGINT then,
 # so it prints its summary and the test it was in, and the run fails.
 set -euo pipefail
@@ -27,7 +27,7 @@ case ${1:-} in all | lint | unit)
 esac
 
 if [ "${CI:-}" = true ]; then
-	export SIDECAR_REQUIRE=${SIDECAR_REQUIRE:-docker,haproxy,netns,cluster}
+	export SIDECAR_REQUIRE=${SIDECAR_REQUIRE:-docker,haproxy,netns,cluster,browser}
 	export SIDECAR_HYPOTHESIS_PROFILE=${SIDECAR_HYPOTHESIS_PROFILE:-ci}
 	# CI kills a run at 90 min without a word; interrupt pytest first so it reports where it was.
 	PYTEST_TIMEOUT=${SIDECAR_PYTEST_TIMEOUT:-3000}

@@ -36,7 +36,9 @@ from sidecar.adapters.listeners import Listeners
 from sidecar.config import Config
 from sidecar.host import HostDiscovery, HostObservation
 from sidecar.owner import ClusterNode, HostNode, SoloNode, StateOwner
+from sidecar.reconcile import report
 from sidecar.reconcile.desired import HaproxySettings
+from sidecar.reconcile.errors import RuntimeRefused
 from sidecar.reconcile.loop import Reconciler
 from sidecar.state.discovery import Rejected
 from sidecar.state.model import ClusterState, Service, Status
@@ -236,6 +238,38 @@ class Daemon:
             for e in excluded
         )
         return found
+
+    async def local_view(self) -> Mapping[str, Any]:
+        """Return what only this host knows, for the UI (JSON-ready): its name and cluster,
+        the members, what its HAProxy does with each instance now (None when HAProxy is not
+        managed), its services' last checks, what it does not serve and why, and the plan."""
+        return {
+            "hostname": self.hostname,
+            "cluster_name": self.config.sidecar.cluster_name,
+            "members": self.member_list(),
+            "haproxy": await self._haproxy_view(),
+            "checks": {
+                service_id: {
+                    "type": last.spec.type,
+                    "args": last.spec.args,
+                    "healthy": None if last.outcome is None else last.outcome.healthy,
+                    "detail": "" if last.outcome is None else last.outcome.detail,
+                    "at": None if last.at is None else format_time(last.at),
+                }
+                for service_id, last in sorted(self.host.last_checks().items())
+            },
+            "rejections": self.rejections(),
+            "plan": self.plan(),
+        }
+
+    async def _haproxy_view(self) -> Mapping[str, Any] | None:
+        if self.haproxy is None:
+            return None
+        try:
+            stats = await self.haproxy.server_stats()
+        except (RuntimeRefused, ValueError) as exc:
+            return {"error": str(exc), "servers": []}
+        return {"error": None, "servers": report.served_instances(stats, self.state())}
 
     def health(self) -> tuple[bool, Mapping[str, Any]]:
         """Return whether this sidecar does its job — discovery runs, and HAProxy (when

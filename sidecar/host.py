@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sidecar.adapters.checks import CheckRunner
+from sidecar.adapters.checks import CheckOutcome, CheckRunner
 from sidecar.adapters.listeners import service_name
 from sidecar.adapters.static import StaticDiscovery, StaticSnapshot
 from sidecar.state import discovery
@@ -72,6 +72,15 @@ class HostObservation:
     listeners: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class LastCheck:
+    """A service's check and its latest outcome, with when it ended (ns; None before)."""
+
+    spec: CheckSpec
+    outcome: CheckOutcome | None
+    at: int | None
+
+
 class HostDiscovery:
     """Runs discovery and checks for this host and emits `HostObservation`s on change."""
 
@@ -99,6 +108,7 @@ class HostDiscovery:
         self._static_rejected: tuple[Rejected, ...] = ()
         self._static_error: str | None = None
         self._health: dict[str, Health] = {}
+        self._last_checks: dict[str, tuple[CheckOutcome, int]] = {}
         self._observed: dict[str, Observed] = {}
         self._logged_rejections: set[tuple[str, str]] = set()
         self._last: HostObservation | None = None
@@ -125,6 +135,15 @@ class HostDiscovery:
         """Return the check the service with this ID gets, or None if it is not served."""
         observed = self._observed.get(service_id)
         return None if observed is None else observed.check
+
+    def last_checks(self) -> dict[str, LastCheck]:
+        """Return each served service's check and its latest outcome (None before the first
+        one), by service ID."""
+        found: dict[str, LastCheck] = {}
+        for service_id, observed in self._observed.items():
+            outcome, at = self._last_checks.get(service_id, (None, None))
+            found[service_id] = LastCheck(observed.check, outcome, at)
+        return found
 
     async def run(self, out: asyncio.Queue[HostObservation]) -> None:
         """Return never; feed `out` until cancelled."""
@@ -200,7 +219,8 @@ class HostDiscovery:
             self._static_rejected = item.rejected
             self._static_error = item.error
         elif isinstance(item, tuple) and item and item[0] == "check":
-            service_id, outcome, _ = item[1]
+            service_id, outcome, at = item[1]
+            self._last_checks[service_id] = (outcome, at)
             self.check_results[
                 "unknown"
                 if outcome.healthy is None
@@ -239,6 +259,7 @@ class HostDiscovery:
                     )
         self._observed = observed
         self._health = {k: v for k, v in self._health.items() if k in observed}
+        self._last_checks = {k: v for k, v in self._last_checks.items() if k in observed}
         runner.update(
             {service_id: o.check for service_id, o in observed.items()},
             {discovery.short_id(f.id): f.health for f in containers},

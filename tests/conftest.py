@@ -3,10 +3,12 @@
 Hypothesis profiles: `dev` (default), `ci`, `nightly`. The environment variable
 `SIDECAR_HYPOTHESIS_PROFILE` picks one; pytest's own `--hypothesis-profile` wins over it.
 
-Markers `docker`, `haproxy`, `netns` and `cluster` say that a test needs a real component.
+Markers `docker`, `haproxy`, `netns`, `cluster` and `browser` say that a test needs a real
+component.
 Such a test is skipped, with the reason, when its component is missing, except when the
 comma-separated environment variable `SIDECAR_REQUIRE` names the component (CI sets
-`docker,haproxy,netns`): then a missing component is an error of that test, never a skip.
+`docker,haproxy,netns,cluster,browser`): then a missing component is an error of that test,
+never a skip.
 Each component is detected once per session, the first time a test asks for it.
 """
 
@@ -33,7 +35,8 @@ PROFILE_ENV = "SIDECAR_HYPOTHESIS_PROFILE"
 
 # ---------------------------------------------------------------- components
 
-COMPONENTS = ("docker", "haproxy", "netns", "cluster")
+COMPONENTS = ("docker", "haproxy", "netns", "cluster", "browser")
+CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright drives it (no browser download here)
 REQUIRE_ENV = "SIDECAR_REQUIRE"
 PROBE_TIMEOUT = 20.0
 
@@ -136,11 +139,31 @@ def _detect_netns() -> Availability:
     return Availability(ok=True, detail="root, `ip netns add` works")
 
 
+def _detect_browser() -> Availability:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        return Availability(ok=False, detail=f"Playwright is not installed ({exc})")
+    if not os.access(CHROMIUM, os.X_OK):
+        return Availability(ok=False, detail=f"no Chromium at {CHROMIUM} (Debian `chromium`)")
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox"], timeout=PROBE_TIMEOUT * 1000
+            )
+            version = browser.version
+            browser.close()
+    except Exception as exc:  # any failure to start it means: no usable browser
+        return Availability(ok=False, detail=f"Chromium does not start: {_first_line(str(exc))}")
+    return Availability(ok=True, detail=f"Chromium {version} through Playwright")
+
+
 _DETECTORS = {
     "docker": _detect_docker,
     "haproxy": _detect_haproxy,
     "netns": _detect_netns,
     "cluster": _detect_netns,  # several daemons in namespaces of their own
+    "browser": _detect_browser,
 }
 
 

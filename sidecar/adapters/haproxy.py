@@ -33,7 +33,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from sidecar.reconcile.errors import ConfigRejected, ProcessFailed, RuntimeRefused, ServerBusy
 from sidecar.reconcile.plans import Actual, servers_in
@@ -133,6 +133,42 @@ def parse_show_proc(text: str) -> ProcInfo:
         workers=tuple(workers["workers"]),
         old_workers=tuple(workers["old workers"]),
     )
+
+
+class ServerStat(NamedTuple):
+    """One server as HAProxy's `show stat` reports it: its state word (UP, DOWN, MAINT,
+    DRAIN, NOLB, or `no check` for a server HAProxy does not check itself) and its sessions
+    now."""
+
+    backend: str
+    server: str
+    status: str
+    sessions: int
+
+
+def parse_server_stats(text: str) -> tuple[ServerStat, ...]:
+    """Return the servers of a `show stat` answer (CSV with a `# pxname,...` header; the
+    frontend and backend summary lines are skipped). Raises ValueError without a header."""
+    rows = iter(io.StringIO(text))
+    header = next(rows, "")
+    if not header.startswith("# "):
+        raise ValueError(f"not a `show stat` answer: {text[:200]!r}")
+    columns = header[2:].rstrip("\n").split(",")
+    try:
+        backend, server = columns.index("pxname"), columns.index("svname")
+        status, sessions = columns.index("status"), columns.index("scur")
+    except ValueError:
+        raise ValueError(f"`show stat` without the expected columns: {header[:200]!r}") from None
+    stats: list[ServerStat] = []
+    for line in rows:
+        fields = line.rstrip("\n").split(",")
+        if len(fields) < len(columns) - 1 or fields[server] in ("FRONTEND", "BACKEND"):
+            continue
+        count = fields[sessions]
+        stats.append(
+            ServerStat(fields[backend], fields[server], fields[status], int(count) if count else 0)
+        )
+    return tuple(stats)
 
 
 def _is_ip(text: str) -> bool:
@@ -294,6 +330,13 @@ class Haproxy:
             return await cli(path, line)
         except (OSError, TimeoutError) as exc:
             raise RuntimeRefused(f"{command!r}: no answer on {path}: {exc}") from None
+
+    async def server_stats(self) -> tuple[ServerStat, ...]:
+        """Return every server's state and sessions as HAProxy reports them now.
+
+        Raises RuntimeRefused when nothing answers, ValueError on an answer that is not stats.
+        """
+        return parse_server_stats(await self.runtime("show stat -1 4 -1"))
 
     async def proc_info(self) -> ProcInfo | None:
         """Return the master's `show proc` (managed mode), or None when it does not answer."""

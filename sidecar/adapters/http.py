@@ -19,6 +19,9 @@ Routes (sidecar-behaviour.md §6.1-6.4):
 * `OPTIONS /api/<one segment>`: empty 200 with the CORS headers.
 * `GET /`: 301 to `/ui/`.
 * New: `GET /api/plan`, `GET /api/rejections`, `GET /healthz`, `GET /metrics`.
+* New, the web UI: `GET /ui/` (and its `app.js`, `style.css`: package data `sidecar/ui/`,
+  under a Content-Security-Policy that allows nothing but them and this API) and
+  `GET /api/ui/events`, the page's server-sent events (`_ui_events`).
 
 Errors are Go's `{"message":"...","status":"error"}` (compact, as Go's `json.Marshal`),
 also for unknown paths (404) and wrong methods (405). There is no `/debug/pprof`
@@ -34,13 +37,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
+import importlib.resources
 import ipaddress
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar
 
@@ -90,6 +102,23 @@ MAX_WATCHERS: Final = 64
 # How long `HttpServer.stop()` gives requests in flight to finish before it closes their
 # connections (the daemon must exit within a second of SIGTERM, whatever a client does).
 STOP_GRACE: Final = 0.3
+# The UI's event stream (`/api/ui/events`): the browser reconnects this long after the stream
+# ends (a daemon restart); `local` is looked at this often, and this soon after a change; a
+# comment line keeps a quiet stream's connection known alive.
+RECONNECT_AFTER: Final = 1.0
+LOCAL_INTERVAL: Final = 1.0
+LOCAL_AFTER_CHANGE: Final = 0.2
+PING_INTERVAL: Final = 15.0
+UI_FILES: Final[Mapping[str, str]] = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+# The page loads nothing but its own files and talks only to this daemon.
+UI_POLICY: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 # Refused connections are logged at most this often (a flood must not flood the log too).
 REFUSAL_LOG_INTERVAL: Final = 60.0
 # A state with more records than this is encoded in a worker thread (states are immutable
@@ -132,6 +161,10 @@ class Catalog(Protocol):
 
     def health(self) -> tuple[bool, Mapping[str, Any]]:
         """Return whether the daemon is healthy, and details (JSON-ready)."""
+        ...
+
+    async def local_view(self) -> Mapping[str, Any]:
+        """Return what only this host knows, for the UI's `local` event (JSON-ready)."""
         ...
 
 
@@ -551,39 +584,162 @@ async def _stream_changes(request: web.Request, api: _Api, framing: str) -> web.
     )
     await response.prepare(request)
 
+    async def feed() -> None:
+        async with contextlib.aclosing(_following(request, api, lambda: LIVENESS_POLL)) as states:
+            async for state in states:
+                if state is not None:
+                    await response.write(await _encode(state, encode) + ending)
+
+    return await _streamed(request, response, "watch stream", feed)
+
+
+async def _following(
+    request: web.Request, api: _Api, wait: Callable[[], float]
+) -> AsyncGenerator[ClusterState | None, None]:
+    """Yield the state now and after each change, and None whenever `wait()` seconds (at
+    most LIVENESS_POLL, when the client is looked at again) pass without one; end when the
+    client goes, the server stops or the changes end."""
     changes = api.catalog.changes()
     stopping = asyncio.ensure_future(api.stopping.wait())
     pending: asyncio.Task[ClusterState | None] | None = None
-    gone = False
     try:
-        while not (gone := _client_gone(request)):
+        while not _client_gone(request):
             if pending is None:
                 pending = asyncio.ensure_future(_next(changes))
             done, _ = await asyncio.wait(
-                {pending, stopping}, timeout=LIVENESS_POLL, return_when=asyncio.FIRST_COMPLETED
+                {pending, stopping},
+                timeout=max(0.0, min(wait(), LIVENESS_POLL)),
+                return_when=asyncio.FIRST_COMPLETED,
             )
             if stopping in done:
-                break
+                return
             if pending not in done:
-                continue  # no change yet: look at the client again
+                yield None
+                continue
             state = pending.result()
             pending = None
             if state is None:
-                break
-            await response.write(await _encode(state, encode) + ending)
-    except ConnectionError:
-        gone = True
-    except Exception:
-        log.exception("watch stream to %s failed; ending it", request.remote)
+                return
+            yield state
     finally:
         await _settle(pending, stopping)
         aclose = getattr(changes, "aclose", None)
         if aclose is not None:
             await aclose()
-    if not gone:
+
+
+async def _streamed(
+    request: web.Request,
+    response: web.StreamResponse,
+    what: str,
+    feed: Callable[[], Awaitable[None]],
+) -> web.StreamResponse:
+    """Return `response` once `feed()` has written its stream, ended unless the client went
+    (an error in `feed` is logged and ends the stream too)."""
+    try:
+        await feed()
+    except ConnectionError:
+        return response
+    except Exception:
+        log.exception("%s to %s failed; ending it", what, request.remote)
+    if not _client_gone(request):
         with contextlib.suppress(ConnectionError):
             await response.write_eof()
     return response
+
+
+async def _ui_file(request: web.Request) -> web.StreamResponse:
+    name = request.match_info.get("file") or "index.html"
+    found = _ui_files().get(name)
+    if found is None:
+        return _error(404, f"Not Found - no UI file {go_quote(name)}")
+    content_type, body = found
+    return web.Response(
+        body=body,
+        headers={
+            "Content-Type": content_type,
+            "Cache-Control": "no-cache",  # a new sidecar's page is loaded after its upgrade
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": UI_POLICY,
+        },
+    )
+
+
+async def _ui_redirect(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=301, headers={"Location": "/ui/"})
+
+
+async def _ui_events(request: web.Request) -> web.StreamResponse:
+    """Stream the page's server-sent events until the client or the server goes: `state`
+    (the whole state, as /api/state.json) at once and after each change, and `local` (the
+    catalog's `local_view`) at once and whenever it differs, looked at every
+    LOCAL_INTERVAL and soon after each change. Counted among the watch streams."""
+    api = request.app[_API]
+    if api.watchers >= api.max_watchers:
+        return _error(503, TOO_MANY_WATCHERS.format(limit=api.max_watchers))
+    api.watchers += 1
+    try:
+        return await _stream_events(request, api)
+    finally:
+        api.watchers -= 1
+
+
+async def _stream_events(request: web.Request, api: _Api) -> web.StreamResponse:
+    response = web.StreamResponse(
+        status=200,
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # a proxy in front must not hold events back
+        },
+    )
+    await response.prepare(request)
+    await response.write(b"retry: %d\n\n" % int(RECONNECT_AFTER * 1000))
+    loop = asyncio.get_running_loop()
+    local_due = written = loop.time()
+
+    def wait() -> float:
+        return min(local_due, written + PING_INTERVAL) - loop.time()
+
+    async def feed() -> None:
+        nonlocal local_due, written
+        local_sent = b""
+        async with contextlib.aclosing(_following(request, api, wait)) as states:
+            async for state in states:
+                if state is not None:
+                    body = await _encode(state, codec.encode_state)
+                    await response.write(_event("state", body))
+                    written = loop.time()
+                    # What HAProxy does follows a change within the debounce and an apply.
+                    local_due = min(local_due, written + LOCAL_AFTER_CHANGE)
+                if loop.time() >= local_due:
+                    local = json.dumps(
+                        await api.catalog.local_view(), separators=(",", ":"), allow_nan=False
+                    ).encode()
+                    if local != local_sent:
+                        await response.write(_event("local", local))
+                        local_sent, written = local, loop.time()
+                    local_due = loop.time() + LOCAL_INTERVAL
+                if loop.time() >= written + PING_INTERVAL:
+                    await response.write(b": ping\n\n")
+                    written = loop.time()
+
+    return await _streamed(request, response, "UI event stream", feed)
+
+
+def _event(kind: str, data: bytes) -> bytes:
+    """Return one server-sent event carrying `data` (compact JSON: one line)."""
+    return b"event: %s\ndata: %s\n\n" % (kind.encode(), data)
+
+
+@functools.cache
+def _ui_files() -> dict[str, tuple[str, bytes]]:
+    """Return the page's files (package data `sidecar/ui/`) by name, with their types."""
+    folder = importlib.resources.files("sidecar") / "ui"
+    return {
+        name: (content_type, (folder / name).read_bytes())
+        for name, content_type in UI_FILES.items()
+    }
 
 
 async def _plan(request: web.Request) -> web.StreamResponse:
@@ -658,6 +814,10 @@ def make_app(
     routes.add_get("/api/plan", _plan)
     routes.add_get("/api/rejections", _rejections)
     routes.add_get("/api/members", _members)
+    routes.add_get("/ui", _ui_redirect)
+    routes.add_get("/ui/", _ui_file)
+    routes.add_get("/ui/{file}", _ui_file)
+    routes.add_get("/api/ui/events", _ui_events, allow_head=False)
     routes.add_get("/healthz", _healthz)
     routes.add_get("/metrics", _metrics)
     return app

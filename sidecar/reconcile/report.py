@@ -5,17 +5,19 @@ Pure. `plan_report(...)` gathers the pending actions with their reasons, a unifi
 the config file, the addresses to bind and the instances left out of the routing table with
 why — and, when HAProxy is not running (a fresh host), what it would be started with: every
 frontend and its servers; `render_text(report)` is the human form, `report` itself (plain
-JSON types) the machine form.
+JSON types) the machine form. `served_instances(...)` says what the running HAProxy does
+with each instance (the UI shows it).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sidecar.reconcile.desired import Backend, Desired, Frontend
+from sidecar.reconcile.desired import Backend, Desired, Frontend, sanitize_name
 from sidecar.reconcile.plans import Action, Actual
+from sidecar.state.model import ClusterState
 from sidecar.state.views import Exclusion
 
 _ACTION_FIELDS = ("backend", "server", "address", "port", "options")
@@ -138,3 +140,35 @@ def render_text(report: dict[str, Any]) -> str:
             f"  {e['hostname']}/{e['id']} ({e['name']}): {e['reason']}" for e in report["excluded"]
         ]
     return "\n".join(lines) + "\n"
+
+
+def served_instances(
+    stats: Iterable[tuple[str, str, str, int]], state: ClusterState
+) -> list[dict[str, Any]]:
+    """Return what this host's HAProxy does with each instance of `state` it holds: one entry
+    per server of `stats` ((backend, server, status, sessions), as `show stat` reports them)
+    that names an instance of the state, with that instance's host, ID, name and service port.
+
+    HAProxy's `no check` (a server it does not check itself, as every sidecar server) is
+    reported `UP`: HAProxy sends it requests. Servers of no instance in `state` are left out.
+    """
+    instances = {f"{r.hostname}-{r.id}": r for r in state.records()}
+    served: list[dict[str, Any]] = []
+    for backend, server, status, sessions in stats:
+        record = instances.get(server)
+        name, _, port = backend.rpartition("-")
+        if record is None or name != sanitize_name(record.name) or not port.isdigit():
+            continue
+        served.append(
+            {
+                "hostname": record.hostname,
+                "id": record.id,
+                "name": record.name,
+                "service_port": int(port),
+                "backend": backend,
+                "server": server,
+                "status": "UP" if status == "no check" else status,
+                "sessions": sessions,
+            }
+        )
+    return served

@@ -86,6 +86,8 @@ class MemoryCatalog:
         self._version = 0
         self._changed = asyncio.Condition()
         self.now = T0 + 10 * S
+        self.local: dict[str, Any] = {"hostname": ME, "haproxy": None}
+        self.local_views = 0
         self.streams_open = 0
         self.streams_started = 0
 
@@ -137,6 +139,10 @@ class MemoryCatalog:
     def health(self) -> tuple[bool, Mapping[str, Any]]:
         return self._health
 
+    async def local_view(self) -> Mapping[str, Any]:
+        self.local_views += 1
+        return self.local
+
 
 # ---------------------------------------------------------------- harness
 
@@ -179,6 +185,11 @@ def api(loopback: Any) -> Callable[..., None]:
     Options: `catalog` (default: a MemoryCatalog over `initial_state()`), and make_app's
     keywords (`api_token`, `metrics`, `trust_loopback`).
     """
+    return scenario_runner(loopback)
+
+
+def scenario_runner(loopback: Any) -> Callable[..., None]:
+    """Return the `api` fixture's runner, for test modules of their own."""
 
     def run(scenario: Scenario, *, catalog: MemoryCatalog | None = None, **options: Any) -> None:
         host = loopback.address()
@@ -603,7 +614,7 @@ def test_options_root_and_unknown_paths(api: Callable[..., None]) -> None:
         root = await client.get("/")
         assert root.status == 301
         assert root.headers["Location"] == "/ui/"
-        for path in ("/ui/", "/nope", "/api/nope", "/api/services/a/b", "/debug/pprof/"):
+        for path in ("/nope", "/api/nope", "/api/services/a/b", "/debug/pprof/"):
             assert_error(await client.get(path), 404, "Not Found")
 
         wrong = await client.request("POST", "/api/services.json")

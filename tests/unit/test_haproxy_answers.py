@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.adapters.haproxy import parse_servers_state, parse_show_proc
+from sidecar.adapters.haproxy import (
+    ServerStat,
+    parse_server_stats,
+    parse_servers_state,
+    parse_show_proc,
+)
 
 SHOW_PROC = """\
 #<PID>          <type>          <reloads>       <uptime>        <version>
@@ -57,3 +62,40 @@ def test_servers_named_by_host_in_the_config_keep_their_name():
     config = "backend db-70\n\tserver h4-d4 db4.internal:7000 cookie h4-7000\n"
     servers, _ = parse_servers_state(SERVERS_STATE, config=config)
     assert servers["db-70"] == {"h4-d4": ("db4.internal", 7000)}
+
+
+# `show stat -1 4 -1` (servers only) from HAProxy 2.6, cut to the columns up to `status`
+# and a few after: the parser finds its columns by the header's names.
+SHOW_STAT = (
+    (
+        "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,"
+        "wredis,status,weight,act,\n"
+    )
+    + """\
+stats_proxy,localhost,0,0,0,0,,0,0,0,,0,,0,0,0,0,no check,1,1,
+web-8080,h1-a1,0,0,3,5,,9,0,0,,0,,0,0,0,0,no check,1,1,
+web-8080,h2-b1,0,0,0,0,,0,0,0,,0,,0,0,0,0,MAINT,1,1,
+web-8080,BACKEND,0,0,3,5,,9,0,0,,0,,0,0,0,0,UP,1,1,
+db-5432,h3-c1,0,0,,0,,0,0,0,,0,,0,0,0,0,DRAIN,0,1,
+
+"""
+)
+
+
+def test_show_stat_gives_each_server_its_state_and_sessions() -> None:
+    assert parse_server_stats(SHOW_STAT) == (
+        ServerStat("stats_proxy", "localhost", "no check", 0),
+        ServerStat("web-8080", "h1-a1", "no check", 3),
+        ServerStat("web-8080", "h2-b1", "MAINT", 0),
+        ServerStat("db-5432", "h3-c1", "DRAIN", 0),
+    )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["", "Unknown command.\n", "# pxname,svname,qcur\nweb,h1,0\n"],
+    ids=["nothing", "an-error", "no-status-column"],
+)
+def test_an_answer_that_is_not_stats_is_an_error(answer: str) -> None:
+    with pytest.raises(ValueError, match="show stat"):
+        parse_server_stats(answer)

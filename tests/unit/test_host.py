@@ -149,3 +149,31 @@ def test_the_static_files_error_is_carried_until_it_is_fixed():
         (served, 1, "static.json is 9 bytes, more than ..."),  # the last good still served
         (served, 1, None),
     ]
+
+
+class SteadyDocker:
+    """A Docker source that lists FACTS once, then nothing changes."""
+
+    async def run(self, out: asyncio.Queue) -> None:
+        await out.put(ContainerListing((FACTS,), at=time.time_ns()))
+        await asyncio.Event().wait()
+
+
+def test_each_served_service_has_its_check_and_last_outcome():
+    async def scenario() -> tuple[dict, dict]:
+        host = HostDiscovery(POLICY, docker=SteadyDocker())
+        async with host.running() as out, asyncio.timeout(5):
+            observation = await out.get()
+            while not observation.services:
+                observation = await out.get()
+            before = host.last_checks()  # served: its check is there (run or not yet)
+            while observation.services[0].status is not Status.ALIVE:
+                observation = await out.get()
+            return before, host.last_checks()
+
+    before, after = asyncio.run(scenario())
+    spec = CheckSpec(type=CheckType.ALWAYS_SUCCESSFUL, args="")
+    assert {k: v.spec for k, v in before.items()} == {"abcdef123456": spec}
+    last = after["abcdef123456"]
+    assert (last.spec, last.outcome.healthy) == (spec, True)
+    assert 0 < last.at <= time.time_ns()

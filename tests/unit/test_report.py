@@ -123,3 +123,51 @@ def test_a_running_haproxy_has_no_start_section():
     text = report.render_text(grown)
     assert "2 action(s) pending (no reload):" in text
     assert "not running" not in text
+
+
+def test_served_instances_says_what_haproxy_does_with_each_instance() -> None:
+    own = svc("me", "a1")
+    other = svc("h2", "b1", name="web.app", port=30002)
+    drained = svc("h3", "c1", port=30003).with_status(Status.DRAINING, updated=T0 + 1)
+    state = merge.merge_records(ClusterState(hostname="me"), [own, other, drained], now=T0).state
+    stats = [
+        ("stats_proxy", "localhost", "no check", 0),  # not an instance
+        ("web-8080", "me-a1", "no check", 2),  # not checked by HAProxy: it serves it
+        ("web-app-8080", "h2-b1", "DOWN", 0),  # the backend of a sanitized name
+        ("web-8080", "h3-c1", "MAINT", 1),  # drained: in maintenance until its requests end
+        ("web-8080", "h9-z9", "UP", 0),  # gone from the state
+        ("other-8080", "me-a1", "UP", 0),  # a backend of another name
+        ("web-x", "me-a1", "UP", 0),  # no service port
+    ]
+    assert report.served_instances(stats, state) == [
+        {
+            "hostname": "me",
+            "id": "a1",
+            "name": "web",
+            "service_port": 8080,
+            "backend": "web-8080",
+            "server": "me-a1",
+            "status": "UP",
+            "sessions": 2,
+        },
+        {
+            "hostname": "h2",
+            "id": "b1",
+            "name": "web.app",
+            "service_port": 8080,
+            "backend": "web-app-8080",
+            "server": "h2-b1",
+            "status": "DOWN",
+            "sessions": 0,
+        },
+        {
+            "hostname": "h3",
+            "id": "c1",
+            "name": "web",
+            "service_port": 8080,
+            "backend": "web-8080",
+            "server": "h3-c1",
+            "status": "MAINT",
+            "sessions": 1,
+        },
+    ]
