@@ -43,6 +43,7 @@ from sidecar.reconcile.loop import Reconciler
 from sidecar.state.discovery import Rejected
 from sidecar.state.model import ClusterState, Service, Status
 from sidecar.state.times import UNIX_EPOCH, format_time
+from sidecar.supervise import supervised
 
 log = logging.getLogger("sidecar.daemon")
 
@@ -374,24 +375,16 @@ class Daemon:
         if self.reconciler is not None:
             self.reconciler.update(self.state())
             jobs["the HAProxy loop"] = self.reconciler.run()
-        tasks = [asyncio.create_task(coro, name=name) for name, coro in jobs.items()]
-        stopping = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            ended = [task for task in tasks if task.done()]
-            if ended:
-                # Each part runs until cancelled: one that ended leaves the others serving
-                # a state that no longer follows what runs. Better to stop and be restarted.
-                task = ended[0]
-                cause = None if task.cancelled() else task.exception()
-                log.error("%s stopped (%r); stopping", task.get_name(), cause)
-                raise DaemonFailed(f"{task.get_name()} stopped: {cause!r}") from cause
-            log.info("stopping")
+            async with supervised(jobs) as parts:
+                ended = await parts.first_end(stop)
+                if ended is not None:
+                    # Each part runs until cancelled: one that ended leaves the others serving
+                    # a state that no longer follows what runs. Better to stop and be restarted.
+                    log.error("%s stopped (%r); stopping", ended.name, ended.cause)
+                    raise DaemonFailed(str(ended)) from ended.cause
+                log.info("stopping")
         finally:
-            stopping.cancel()
-            for part in tasks:
-                part.cancel()
-            await asyncio.gather(stopping, *tasks, return_exceptions=True)
             # All bounded (the API ~0.3 s, HAProxy STOP_GRACE, the leave 0.5 s): the daemon
             # exits within 1 s (a stop of HAProxy during a reload waits for the new master,
             # up to STOP_DURING_RELOAD). Peers hear the leave and tombstone our services.

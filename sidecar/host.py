@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
-from sidecar.adapters.checks import CheckOutcome, CheckRunner
+from sidecar.adapters.checks import CheckOutcome, CheckRunner, Report
 from sidecar.adapters.listeners import service_name
 from sidecar.adapters.static import StaticDiscovery, StaticSnapshot
 from sidecar.state import discovery
@@ -37,6 +36,7 @@ from sidecar.state.discovery import (
     Rejected,
 )
 from sidecar.state.model import Service
+from sidecar.supervise import PartEnded, supervised
 
 if TYPE_CHECKING:  # the Docker SDK is imported only where Docker discovery is configured
     from sidecar.adapters.docker import DockerDiscovery
@@ -49,13 +49,17 @@ class SourceEnded(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class _Ended:
-    task: asyncio.Task[None]
+class _CheckReport:
+    """One check's outcome for a service, and when it ended (ns)."""
+
+    service_id: str
+    outcome: CheckOutcome
+    at: int
 
 
-def _report_end(inputs: asyncio.Queue[Any], task: asyncio.Task[None]) -> None:
-    if not task.cancelled():  # cancelled is how they are stopped
-        inputs.put_nowait(_Ended(task))
+# What the folding loop takes in: a source that ended, what the sources saw, a check's
+# outcome, or None when the Engine-outage grace ran out.
+_Input = PartEnded | ContainerListing | EngineUnreachable | StaticSnapshot | _CheckReport | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +152,7 @@ class HostDiscovery:
     async def run(self, out: asyncio.Queue[HostObservation]) -> None:
         """Return never; feed `out` until cancelled."""
         inputs: asyncio.Queue[Any] = asyncio.Queue()
-        reports: asyncio.Queue[Any] = asyncio.Queue()
+        reports: asyncio.Queue[Report] = asyncio.Queue()
         runner = CheckRunner(
             reports,
             interval=self._check_interval,
@@ -160,37 +164,41 @@ class HostDiscovery:
             sources["Docker discovery"] = self._docker.run(inputs)
         if self._static is not None:
             sources["static discovery"] = self._static.run(inputs)
-        tasks = [asyncio.create_task(coro, name=name) for name, coro in sources.items()]
-        for task in tasks:
-            # Each runs until cancelled; one that ends anyway is news for the loop below.
-            task.add_done_callback(functools.partial(_report_end, inputs))
         try:
-            await self._emit(out, runner)
-            while True:
-                timeout = self._grace_left()
-                try:
-                    # Not asyncio.wait_for, which on 3.11 can swallow a cancellation.
-                    async with asyncio.timeout(timeout):
-                        item = await inputs.get()
-                except TimeoutError:
-                    item = None  # the outage grace ran out
-                changed = self._fold(item)
-                # Whatever else is already queued is folded in too, then one emit: a burst
-                # of check results or Docker events is one observation, not one each.
-                while not inputs.empty():
-                    changed = self._fold(inputs.get_nowait()) or changed
-                if changed:
-                    await self._emit(out, runner)
+            # Each runs until cancelled; one that ends anyway is news for the loop below.
+            async with supervised(sources, on_end=inputs.put_nowait):
+                await self._observe(inputs, out, runner)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)  # an error was reported
             await runner.close()
 
-    @staticmethod
-    async def _forward(reports: asyncio.Queue[Any], inputs: asyncio.Queue[Any]) -> None:
+    async def _observe(
+        self,
+        inputs: asyncio.Queue[_Input],
+        out: asyncio.Queue[HostObservation],
+        runner: CheckRunner,
+    ) -> None:
+        """Fold each input in and emit an observation whenever what is served may differ."""
+        await self._emit(out, runner)
         while True:
-            await inputs.put(("check", await reports.get()))
+            timeout = self._grace_left()
+            try:
+                # Not asyncio.wait_for, which on 3.11 can swallow a cancellation.
+                async with asyncio.timeout(timeout):
+                    item = await inputs.get()
+            except TimeoutError:
+                item = None  # the outage grace ran out
+            changed = self._fold(item)
+            # Whatever else is already queued is folded in too, then one emit: a burst
+            # of check results or Docker events is one observation, not one each.
+            while not inputs.empty():
+                changed = self._fold(inputs.get_nowait()) or changed
+            if changed:
+                await self._emit(out, runner)
+
+    @staticmethod
+    async def _forward(reports: asyncio.Queue[Report], inputs: asyncio.Queue[_Input]) -> None:
+        while True:
+            await inputs.put(_CheckReport(*await reports.get()))
 
     def _grace_left(self) -> float | None:
         if self._unreachable_since is None:
@@ -198,46 +206,48 @@ class HostDiscovery:
         left = self._unreachable_since + self._grace - self._clock()
         return None if left < 0 else left / 1e9 + 0.001
 
-    def _fold(self, item: object) -> bool:
+    def _fold(self, item: _Input) -> bool:
         """Take one input in; return whether what this host serves may have changed (a check
         result that leaves the service's status as it was changes nothing).
 
         Raises SourceEnded when one of the sources stopped: what this host serves would no
         longer follow what runs, so nothing more is observed (the daemon stops).
         """
-        if isinstance(item, _Ended):
-            task = item.task
-            cause = task.exception()
-            raise SourceEnded(f"{task.get_name()} stopped: {cause!r}") from cause
-        if isinstance(item, ContainerListing):
-            self._listing = item.containers
-            self._unreachable_since = None
-        elif isinstance(item, EngineUnreachable):
-            self._unreachable_since = item.since
-        elif isinstance(item, StaticSnapshot):
-            self._static_observed = item.observed
-            self._static_rejected = item.rejected
-            self._static_error = item.error
-        elif isinstance(item, tuple) and item and item[0] == "check":
-            service_id, outcome, at = item[1]
-            self._last_checks[service_id] = (outcome, at)
-            self.check_results[
-                "unknown"
-                if outcome.healthy is None
-                else "healthy"
-                if outcome.healthy
-                else "unhealthy"
-            ] += 1
-            observed = self._observed.get(service_id)
-            if observed is None or outcome.healthy is None:
-                return False
-            before = self._health.get(service_id, Health())
-            after = discovery.record_result(
-                before, healthy=outcome.healthy, rise=observed.check.rise, fall=observed.check.fall
-            )
-            self._health[service_id] = after
-            return after.status is not before.status
+        match item:
+            case PartEnded():
+                raise SourceEnded(str(item)) from item.cause
+            case ContainerListing():
+                self._listing = item.containers
+                self._unreachable_since = None
+            case EngineUnreachable():
+                self._unreachable_since = item.since
+            case StaticSnapshot():
+                self._static_observed = item.observed
+                self._static_rejected = item.rejected
+                self._static_error = item.error
+            case _CheckReport():
+                return self._fold_check(item)
+            case None:  # the outage grace ran out: the Engine's containers may go
+                pass
+            case _:
+                assert_never(item)
         return True
+
+    def _fold_check(self, report: _CheckReport) -> bool:
+        outcome = report.outcome
+        self._last_checks[report.service_id] = (outcome, report.at)
+        self.check_results[
+            "unknown" if outcome.healthy is None else "healthy" if outcome.healthy else "unhealthy"
+        ] += 1
+        observed = self._observed.get(report.service_id)
+        if observed is None or outcome.healthy is None:
+            return False
+        before = self._health.get(report.service_id, Health())
+        after = discovery.record_result(
+            before, healthy=outcome.healthy, rise=observed.check.rise, fall=observed.check.fall
+        )
+        self._health[report.service_id] = after
+        return after.status is not before.status
 
     async def _emit(self, out: asyncio.Queue[HostObservation], runner: CheckRunner) -> None:
         now = self._clock()
