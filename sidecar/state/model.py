@@ -122,9 +122,9 @@ class Server:
     last_changed: int = UNIX_EPOCH
 
     def services(self) -> Iterator[Service]:
-        """Yield every record, in ID order."""
-        for service_id in sorted(self.entries):
-            yield self.entries[service_id]
+        """Yield every record, the least recently updated first, as Go's `SortedServices`
+        (equal `updated` by ID, so the order is always the same)."""
+        yield from sorted(self.entries.values(), key=lambda r: (r.updated, r.id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +145,12 @@ class ClusterState:
         return None if server is None else server.entries.get(service_id)
 
     def records(self) -> Iterator[Service]:
-        """Yield every record, servers and IDs in sorted order."""
+        """Yield every record: servers by name, each server's records as `services()`."""
         for hostname in sorted(self.servers):
             yield from self.servers[hostname].services()
 
     def own_records(self) -> Iterator[Service]:
-        """Yield this node's own records, in ID order."""
+        """Yield this node's own records, in `Server.services()` order."""
         server = self.servers.get(self.hostname)
         if server is not None:
             yield from server.services()

@@ -658,7 +658,12 @@ class Sim:
 
     def check_views(self) -> None:
         views = {
-            i: tuple(r.with_updated(0) for r in self.hosts[i].peer.state.records())
+            i: tuple(
+                sorted(
+                    (r.with_updated(0) for r in self.hosts[i].peer.state.records()),
+                    key=lambda r: (r.hostname, r.id),
+                )
+            )
             for i in self.live()
         }
         first_host, first = next(iter(views.items()))

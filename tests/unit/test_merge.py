@@ -270,6 +270,29 @@ def test_a_dead_node_has_every_live_record_tombstoned_newer_than_what_we_had():
     assert merge.tombstone_node(state, ME, stamped_by=T0).state is state
 
 
+def test_every_live_record_of_a_dead_node_is_buried_whatever_its_status():
+    live = [
+        record(sid=f"s{i}", at=T0 + i * S, status=status, port=32000 + i)
+        for i, status in enumerate(
+            (Status.ALIVE, Status.UNHEALTHY, Status.DRAINING, Status.UNKNOWN, Status.ALIVE)
+        )
+    ]
+    state = state_with(*live, now=T0 + 5 * S)
+    result = merge.tombstone_node(state, "peer", stamped_by=T0 + 10 * S)
+    buried = {r.id: r for r in result.relay}
+    assert sorted(buried) == [r.id for r in live]
+    for before in live:
+        after = result.state.get("peer", before.id)
+        assert after == buried[before.id]
+        assert (after.status, after.updated) == (
+            Status.TOMBSTONE,
+            before.updated + merge.EXPIRY_BUMP,
+        )
+    assert sorted((e.service.id, e.previous_status) for e in result.events) == [
+        (r.id, r.status) for r in live
+    ]
+
+
 def test_a_record_its_owner_stamped_after_its_death_is_not_buried():
     # The owner is back (restarted, or a partition healed) before membership says so: its
     # news stays, or each host would bury it as it came and the owner outvote each burial.

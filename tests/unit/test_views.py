@@ -177,3 +177,15 @@ def test_an_empty_proxy_mode_is_served_as_http_beside_http_instances():
 def test_ipv6_endpoints_are_served():
     table = views.routing_table(state_of(record("a", "1", ip="fd00::2")))
     assert table.services[0].ports[0].endpoints[0].ip == "fd00::2"
+
+
+def test_a_hosts_services_come_least_recently_updated_first_as_gos_sorted_services():
+    # IDs in the reverse order of their updates: ID order would put them the other way.
+    records = [record("h1", f"id-{9 - i}", at=T0 + i * S) for i in range(5)]
+    tie = record("h1", "id-0", at=T0 + 2 * S)  # the same `updated` as id-7: by ID then
+    state = merge.merge_records(ClusterState(hostname="h1"), [*records, tie], now=T0).state
+    expected = ["id-9", "id-8", "id-0", "id-7", "id-6", "id-5"]
+    assert [r.id for r in state.servers["h1"].services()] == expected
+    assert [r.id for r in state.own_records()] == expected
+    other = merge.merge_records(state, [record("h0", "zzz", at=T0 + 9 * S)], now=T0).state
+    assert [r.id for r in other.records()] == ["zzz", *expected]  # hosts by name first
