@@ -1,11 +1,12 @@
 """The daemon's HTTP API on aiohttp: Go Sidecar's routes and bytes, plus plan, health, metrics.
 
-No policy: every answer is read from a `Catalog` (implemented by the daemon) and encoded here.
-The Go-compatible documents are built from the core's Go encoders (`codec.service_json`,
-`codec.encode_state`) and, where Go indents, re-indented by `go_indent`, which writes what
-Go's `json.Indent` writes; so `/api/services.json`, `/api/services/<name>.json`,
-`/api/state.json` and `/api/watch` are byte-identical to Go's for the same state (except
-that Go's one-service list and equal-`Updated` ties come out in random order, ours sorted).
+No policy: every answer is read from a `Catalog` (implemented by the daemon), and every body
+is written by the core: the Go-compatible documents by `sidecar.state.documents` (Go's
+`json.Indent` and `%q`, services.json, the watch document, Go's errors; our own documents
+indented the same way) and `/api/state.json` by `codec.encode_state`; so `/api/services.json`,
+`/api/services/<name>.json`, `/api/state.json` and `/api/watch` are byte-identical to Go's
+for the same state (except that Go's one-service list and equal-`Updated` ties come out in
+random order, ours sorted). This module routes, bounds and streams them.
 
 Routes (sidecar-behaviour.md §6.1-6.4):
 
@@ -58,7 +59,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from aiohttp import web
 
-from sidecar.state import codec, times, views
+from sidecar.state import codec, documents
 from sidecar.state.model import ClusterState, Service
 
 log = logging.getLogger("sidecar.http")
@@ -168,192 +169,6 @@ class Catalog(Protocol):
         ...
 
 
-# ---------------------------------------------------------------------------- Go's bytes
-
-_TOKEN: Final = re.compile(
-    rb"(?P<open>[{\[])|(?P<close>[}\]])|(?P<comma>,)|(?P<colon>:)|(?P<space>[ \t\r\n]+)"
-    rb'|(?P<value>"(?:[^"\\]|\\.)*"|[^"{}\[\],: \t\r\n]+)',
-    re.S,
-)
-
-
-def go_indent(compact: bytes, *, prefix: bytes = b"", indent: bytes = b"  ") -> bytes:
-    """Return the JSON text re-indented exactly as Go's `json.Indent(dst, src, prefix, indent)`.
-
-    Strings are copied verbatim (escapes stay as written); empty `{}` and `[]` stay compact;
-    `": "` follows a key; a newline and the indentation follow `,` and a non-empty `[`/`{`.
-    Whitespace between tokens is dropped, whitespace after the top-level value is kept (as
-    Go does). Raises ValueError where the input cannot be tokenized (e.g. an open string);
-    it does not otherwise validate the JSON.
-    """
-    # One growing buffer, not a list of tokens: a list held every token of a large document
-    # at once (services.json of 1,000 records: 9 MiB for 0.5 MB of output).
-    out = bytearray()
-    newlines = [b"\n" + prefix]  # newlines[d]: a newline and the indentation of depth d
-    depth = 0  # indentation level, as Go counts it
-    open_containers = 0
-    need_indent = False  # a `{`/`[` was written; indent once we know it is not empty
-    top_done = False
-    pos, end = 0, len(compact)
-    while pos < end:
-        match = _TOKEN.match(compact, pos)
-        if match is None:
-            raise ValueError(f"not JSON at byte {pos}: {compact[pos : pos + 20]!r}")
-        kind, token, pos = match.lastgroup, match.group(), match.end()
-        if kind == "space":
-            if top_done:
-                out += token
-            continue
-        if kind == "close":
-            if open_containers == 0:
-                raise ValueError(f"not JSON at byte {pos - 1}: unbalanced {token!r}")
-            if need_indent:
-                need_indent = False
-            else:
-                depth -= 1
-                out += newlines[depth]
-            out += token
-            open_containers -= 1
-            top_done = open_containers == 0
-            continue
-        if need_indent:
-            need_indent = False
-            depth += 1
-            if depth == len(newlines):
-                newlines.append(newlines[-1] + indent)
-            out += newlines[depth]
-        if kind == "open":
-            need_indent = True
-            open_containers += 1
-            out += token
-        elif kind == "comma":
-            out += b","
-            out += newlines[depth]
-        elif kind == "colon":
-            out += b": "
-        else:
-            out += token
-            top_done = open_containers == 0
-    return bytes(out)
-
-
-def _by_service_text(groups: Mapping[str, Sequence[Service]]) -> str:
-    """Return Go's compact JSON of a `map[string][]*Service` (keys sorted)."""
-    return (
-        "{"
-        + ",".join(
-            codec.quote(name) + ":[" + ",".join(codec.service_json(s) for s in groups[name]) + "]"
-            for name in sorted(groups)
-        )
-        + "}"
-    )
-
-
-def by_service_json(state: ClusterState) -> bytes:
-    """Return Go's `json.Marshal(state.ByService())`: the bare map name -> records, compact.
-
-    Every status is included; each list is oldest `Updated` first (ties by host and ID).
-    This is the default `/api/watch` document.
-    """
-    return _by_service_text(views.by_service(state)).encode()
-
-
-def _member_json(name: str, state: ClusterState) -> str:
-    server = state.servers.get(name)
-    last_updated = times.UNIX_EPOCH if server is None else server.last_updated
-    count = 0 if server is None else len(server.entries)
-    return (
-        f'{codec.quote(name)}:{{"Name":{codec.quote(name)},'
-        f'"LastUpdated":"{times.format_time(last_updated)}","ServiceCount":{count}}}'
-    )
-
-
-def services_json(state: ClusterState, members: Mapping[str, int]) -> bytes:
-    """Return Go's `/api/services.json`: Services, ClusterMembers, ClusterName, indented.
-
-    `ClusterMembers` has one entry per member: the server's `LastUpdated` and record count
-    (tombstones included) when the state has that server, else the Unix epoch and 0. It is
-    left out when there are no members (Go's `omitempty`).
-    """
-    text = '{"Services":' + _by_service_text(views.by_service(state))
-    if members:
-        text += (
-            ',"ClusterMembers":{'
-            + ",".join(_member_json(name, state) for name in sorted(members))
-            + "}"
-        )
-    text += ',"ClusterName":' + codec.quote(state.cluster_name) + "}"
-    return go_indent(text.encode())
-
-
-def one_service_json(state: ClusterState, name: str) -> bytes | None:
-    """Return Go's `/api/services/<name>.json` (Services, ClusterName), or None when no record
-    has that name. The records are oldest `Updated` first (Go's order is random)."""
-    records = views.by_service(state).get(name)
-    if not records:
-        return None
-    text = (
-        '{"Services":'
-        + _by_service_text({name: records})
-        + ',"ClusterName":'
-        + codec.quote(state.cluster_name)
-        + "}"
-    )
-    return go_indent(text.encode())
-
-
-_GO_ESCAPES: Final[Mapping[str, str]] = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-    '"': '\\"',
-    "\\": "\\\\",
-}
-
-
-def go_quote(text: str) -> str:
-    """Return `text` as Go's `%q` (`strconv.Quote`) writes it."""
-    out = ['"']
-    for char in text:
-        code = ord(char)
-        if char in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[char])
-        elif char.isprintable():
-            out.append(char)
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
-
-
-def error_json(message: str) -> bytes:
-    """Return Go's JSON error body `{"message":"...","status":"error"}`."""
-    return ('{"message":' + codec.quote(message) + ',"status":"error"}').encode()
-
-
-def drained_json(service: Service) -> bytes:
-    """Return Go's indented 202 body for a drained service."""
-    message = f"Service {go_quote(service.name)} instance {go_quote(service.id)} set to DRAINING"
-    return go_indent(('{"Message":' + codec.quote(message) + "}").encode())
-
-
-def document_json(document: Any) -> bytes:
-    """Return a JSON-ready value (one of ours, not Go's) as JSON indented Go's way.
-
-    Raises TypeError or ValueError for a value JSON cannot hold.
-    """
-    compact = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return go_indent(compact.encode())
-
-
 # ---------------------------------------------------------------------------- trust
 
 
@@ -421,7 +236,7 @@ def _json(body: bytes, *, status: int = 200, cors: bool = False) -> web.Response
 
 
 def _error(status: int, message: str, *, cors: bool = False) -> web.Response:
-    return _json(error_json(message), status=status, cors=cors)
+    return _json(documents.error_json(message), status=status, cors=cors)
 
 
 def _json_extension(request: web.Request) -> bool:
@@ -494,14 +309,14 @@ async def _services(request: web.Request) -> web.StreamResponse:
         return _error(404, INVALID_EXTENSION, cors=True)
     catalog = request.app[_API].catalog
     members = dict(catalog.members())  # a copy: the thread must not see it change
-    return _json(await _encode(catalog.state(), services_json, members), cors=True)
+    return _json(await _encode(catalog.state(), documents.services_json, members), cors=True)
 
 
 async def _one_service(request: web.Request) -> web.StreamResponse:
     name, dot, extension = request.match_info["file"].rpartition(".")
     if not dot or extension != "json":
         return _error(404, INVALID_EXTENSION, cors=True)
-    body = await _encode(request.app[_API].catalog.state(), one_service_json, name)
+    body = await _encode(request.app[_API].catalog.state(), documents.one_service_json, name)
     if body is None:
         return _error(404, f"no instances of {name} found", cors=True)
     return _json(body, cors=True)
@@ -527,9 +342,9 @@ async def _drain(request: web.Request) -> web.StreamResponse:
     # Shielded: a client that goes away must not leave a drain half done.
     drained = await asyncio.shield(api.catalog.drain(service_id))
     if drained is None:
-        return _error(404, f"Not Found - Service ID {go_quote(service_id)} not found")
+        return _error(404, f"Not Found - Service ID {documents.go_quote(service_id)} not found")
     log.info("drain of %s (%s) requested by %s", drained.id, drained.name, request.remote)
-    return _json(drained_json(drained), status=202)
+    return _json(documents.drained_json(drained), status=202)
 
 
 async def _next(changes: AsyncIterator[ClusterState]) -> ClusterState | None:
@@ -577,7 +392,11 @@ async def _watch(request: web.Request) -> web.StreamResponse:
 
 async def _stream_changes(request: web.Request, api: _Api, framing: str) -> web.StreamResponse:
     """Return the watch stream's response once it has ended (client gone, server stopping)."""
-    encode = by_service_json if request.query.get("by_service") != "false" else codec.encode_state
+    encode = (
+        documents.by_service_json
+        if request.query.get("by_service") != "false"
+        else codec.encode_state
+    )
     ending = b"\n" if framing == "ndjson" else b""
     response = web.StreamResponse(
         status=200, headers={"Content-Type": NDJSON if framing == "ndjson" else JSON}
@@ -652,7 +471,7 @@ async def _ui_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info.get("file") or "index.html"
     found = _ui_files().get(name)
     if found is None:
-        return _error(404, f"Not Found - no UI file {go_quote(name)}")
+        return _error(404, f"Not Found - no UI file {documents.go_quote(name)}")
     content_type, body = found
     return web.Response(
         body=body,
@@ -746,24 +565,24 @@ async def _plan(request: web.Request) -> web.StreamResponse:
     document = request.app[_API].catalog.plan()
     if document is None:
         return _error(404, PLAN_DISABLED)
-    return _json(document_json(document))
+    return _json(documents.document_json(document))
 
 
 async def _rejections(request: web.Request) -> web.StreamResponse:
     rejections = list(request.app[_API].catalog.rejections())
-    return _json(document_json({"Rejections": rejections}))
+    return _json(documents.document_json({"Rejections": rejections}))
 
 
 async def _members(request: web.Request) -> web.StreamResponse:
     members = list(request.app[_API].catalog.member_list())
-    return _json(document_json({"Members": members}))
+    return _json(documents.document_json({"Members": members}))
 
 
 async def _healthz(request: web.Request) -> web.StreamResponse:
     healthy, details = request.app[_API].catalog.health()
     document: dict[str, Any] = {"status": "ok" if healthy else "unhealthy"}
     document.update((k, v) for k, v in details.items() if k != "status")
-    return _json(document_json(document), status=200 if healthy else 503)
+    return _json(documents.document_json(document), status=200 if healthy else 503)
 
 
 async def _metrics(request: web.Request) -> web.StreamResponse:

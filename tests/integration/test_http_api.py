@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from sidecar.adapters import http
-from sidecar.state import codec, merge, times
+from sidecar.state import codec, documents, merge, times
 from sidecar.state.model import ClusterState, Port, Service, Status
 
 S = times.NANOS_PER_SECOND
@@ -280,7 +280,7 @@ def test_services_json_is_every_record_by_name_with_members(api: Callable[..., N
             assert reply.headers["Content-Type"] == "application/json"
             assert_cors(reply)
             assert reply.headers["Server"] == "sidecar"
-            assert reply.body == http.services_json(state, catalog.members())
+            assert reply.body == documents.services_json(state, catalog.members())
             assert reply.body.startswith(b'{\n  "Services": {\n    "a\\u003cb": [\n      {\n')
             assert not reply.body.endswith(b"\n")
             document = json.loads(reply.body)
@@ -327,7 +327,7 @@ def test_one_service_is_that_name_only_split_at_the_last_dot(api: Callable[..., 
         assert reply.status == 200
         assert reply.headers["Content-Type"] == "application/json"
         assert_cors(reply)
-        assert reply.body == http.one_service_json(catalog.state(), "web")
+        assert reply.body == documents.one_service_json(catalog.state(), "web")
         document = json.loads(reply.body)
         assert list(document) == ["Services", "ClusterName"]
         assert list(document["Services"]) == ["web"]
@@ -375,9 +375,9 @@ def test_a_large_state_is_encoded_off_the_loop_with_the_same_bytes(
 
     async def scenario(client: Client, catalog: MemoryCatalog, _: http.HttpServer) -> None:
         services = await client.get("/api/services.json")
-        assert services.body == http.services_json(big, catalog.members())
+        assert services.body == documents.services_json(big, catalog.members())
         one = await client.get("/api/services/svc3.json")
-        assert one.body == http.one_service_json(big, "svc3")
+        assert one.body == documents.one_service_json(big, "svc3")
         assert len(json.loads(one.body)["Services"]["svc3"]) == sum(
             1 for r in records if r.name == "svc3"
         )
@@ -385,7 +385,7 @@ def test_a_large_state_is_encoded_off_the_loop_with_the_same_bytes(
         assert state.body == codec.encode_state(big)
         async with client.stream("/api/watch") as resp:
             (document,) = await read_documents(resp, 1, bytearray())
-            assert document == http.by_service_json(big)
+            assert document == documents.by_service_json(big)
 
     api(scenario, catalog=MemoryCatalog(big))
 
@@ -424,16 +424,16 @@ async def _watch_three(
 
 def test_watch_streams_by_service_documents_concatenated(api: Callable[..., None]) -> None:
     async def scenario(client: Client, catalog: MemoryCatalog, _: http.HttpServer) -> None:
-        await _watch_three(client, catalog, "", http.by_service_json)
+        await _watch_three(client, catalog, "", documents.by_service_json)
         # any value but "false" is by service, as in Go
-        await _watch_three(client, catalog, "?by_service=true", http.by_service_json)
+        await _watch_three(client, catalog, "?by_service=true", documents.by_service_json)
 
     api(scenario)
 
 
 def test_watch_ndjson_ends_each_document_with_a_newline(api: Callable[..., None]) -> None:
     async def scenario(client: Client, catalog: MemoryCatalog, _: http.HttpServer) -> None:
-        await _watch_three(client, catalog, "?format=ndjson", http.by_service_json)
+        await _watch_three(client, catalog, "?format=ndjson", documents.by_service_json)
 
     api(scenario)
 
@@ -450,7 +450,7 @@ def test_watch_deprecated_path_and_a_bad_format(api: Callable[..., None]) -> Non
     async def scenario(client: Client, catalog: MemoryCatalog, _: http.HttpServer) -> None:
         async with client.stream("/watch") as resp:
             (document,) = await read_documents(resp, 1, bytearray())
-            assert document == http.by_service_json(catalog.state())
+            assert document == documents.by_service_json(catalog.state())
         bad = await client.get("/api/watch?format=xml")
         assert_error(bad, 400, "Bad Request - format 'xml' is not json or ndjson")
 
@@ -637,14 +637,14 @@ def test_plan_rejections_and_health(api: Callable[..., None]) -> None:
         plan = await client.get("/api/plan")
         assert plan.status == 200
         assert plan.headers["Content-Type"] == "application/json"
-        assert plan.body == http.document_json(PLAN)
+        assert plan.body == documents.document_json(PLAN)
         assert plan.body.startswith(b'{\n  "pending": true,\n  "actions": [\n    {\n')
         assert json.loads(plan.body) == PLAN
 
         rejections = await client.get("/api/rejections")
         assert rejections.status == 200
         assert rejections.headers["Content-Type"] == "application/json"
-        assert rejections.body == http.document_json({"Rejections": REJECTIONS})
+        assert rejections.body == documents.document_json({"Rejections": REJECTIONS})
 
         health = await client.get("/healthz")
         assert health.status == 200

@@ -1,7 +1,9 @@
-"""The HTTP API's bytes: Go's `json.Indent`, services.json, the watch document, errors, trust.
+"""Go's API documents, byte for byte: `json.Indent`, services.json, the watch document, errors.
 
 The expected outputs are written by hand from Go's `encoding/json` rules (`json.Indent`,
-`json.MarshalIndent(v, "", "  ")`, `json.Marshal` of a map) and `strconv.Quote`.
+`json.MarshalIndent(v, "", "  ")`, `json.Marshal` of a map) and `strconv.Quote`; the
+examples added with the move to the core were also checked against Go 1.19's own output.
+The routes that serve these bytes are tested in tests/integration/test_http_api.py.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ import tracemalloc
 
 import pytest
 
-from sidecar.adapters import http
-from sidecar.state import merge, times
+from sidecar.state import documents, merge, times
 from sidecar.state.model import ClusterState, Port, Server, Service, Status
 
 S = times.NANOS_PER_SECOND
@@ -45,12 +46,12 @@ T0 = 1_700_000_000 * S  # 2023-11-14T22:13:20Z
     ],
 )
 def test_go_indent_nests_like_go(compact: bytes, indented: bytes) -> None:
-    assert http.go_indent(compact) == indented
+    assert documents.go_indent(compact) == indented
 
 
 def test_go_indent_copies_strings_verbatim() -> None:
     compact = b'{"a{,:[":"}],\\"\\u003c\\\\","\\\\":["\\"",": "]}'
-    assert http.go_indent(compact) == (
+    assert documents.go_indent(compact) == (
         b'{\n  "a{,:[": "}],\\"\\u003c\\\\",\n  "\\\\": [\n    "\\"",\n    ": "\n  ]\n}'
     )
 
@@ -74,7 +75,7 @@ def test_services_json_of_a_thousand_records_needs_little_more_than_its_output()
     state = merge.merge_records(ClusterState(hostname="h1"), records, now=T0).state
     tracemalloc.start()
     try:
-        document = http.services_json(state, {"h1": T0})
+        document = documents.services_json(state, {"h1": T0})
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -83,30 +84,48 @@ def test_services_json_of_a_thousand_records_needs_little_more_than_its_output()
 
 
 def test_go_indent_drops_whitespace_between_tokens_and_keeps_it_after_the_value() -> None:
-    assert http.go_indent(b' \n{ "a" :\t[ 1 , 2 ] , "b" : { } } \n') == (
+    assert documents.go_indent(b' \n{ "a" :\t[ 1 , 2 ] , "b" : { } } \n') == (
         b'{\n  "a": [\n    1,\n    2\n  ],\n  "b": {}\n} \n'
     )
 
 
 def test_go_indent_with_a_prefix_and_tabs() -> None:
-    assert http.go_indent(b'{"a":[1]}', prefix=b">", indent=b"\t") == (
+    assert documents.go_indent(b'{"a":[1]}', prefix=b">", indent=b"\t") == (
         b'{\n>\t"a": [\n>\t\t1\n>\t]\n>}'
     )
 
 
 def test_go_indent_goes_as_deep_as_the_input() -> None:
     depth = 40
-    indented = http.go_indent(b"[" * depth + b"0" + b"]" * depth)
+    indented = documents.go_indent(b"[" * depth + b"0" + b"]" * depth)
     lines = indented.split(b"\n")
     assert lines[depth] == b"  " * depth + b"0"
     assert lines[: depth + 1] == [b"  " * d + b"[" for d in range(depth)] + [b"  " * depth + b"0"]
     assert lines[depth + 1 :] == [b"  " * d + b"]" for d in reversed(range(depth))]
 
 
+@pytest.mark.parametrize(
+    ("compact", "indented"),
+    [
+        (b"[[[]]]", b"[\n  [\n    []\n  ]\n]"),
+        (b'{"a":{"b":{}}}', b'{\n  "a": {\n    "b": {}\n  }\n}'),
+        (b'{"a":[{}],"b":{"c":[]}}', b'{\n  "a": [\n    {}\n  ],\n  "b": {\n    "c": []\n  }\n}'),
+        (b"[ ]", b"[]"),
+        (b"{ \n\t}", b"{}"),
+        (b"[ [ ] , { \n } ]", b"[\n  [],\n  {}\n]"),
+    ],
+)
+def test_go_indent_keeps_empty_containers_compact_at_any_depth(
+    compact: bytes, indented: bytes
+) -> None:
+    """Whitespace inside an empty `[]`/`{}` is dropped like any other: it stays compact."""
+    assert documents.go_indent(compact) == indented
+
+
 @pytest.mark.parametrize("bad", [b'{"a', b'["x\\"]', b"[1]]", b"}"])
 def test_go_indent_refuses_what_it_cannot_tokenize(bad: bytes) -> None:
     with pytest.raises(ValueError, match="not JSON at byte"):
-        http.go_indent(bad)
+        documents.go_indent(bad)
 
 
 # ---------------------------------------------------------------- the documents
@@ -283,11 +302,11 @@ SERVICES_JSON = f"""\
 
 
 def test_services_json_is_gos_marshal_indent() -> None:
-    assert http.services_json(STATE, {"gamma": 5, "alpha": 7}) == SERVICES_JSON
+    assert documents.services_json(STATE, {"gamma": 5, "alpha": 7}) == SERVICES_JSON
 
 
 def test_services_json_leaves_out_cluster_members_when_there_are_none() -> None:
-    body = http.services_json(ClusterState(hostname="alpha", cluster_name="c"), {})
+    body = documents.services_json(ClusterState(hostname="alpha", cluster_name="c"), {})
     assert body == b'{\n  "Services": {},\n  "ClusterName": "c"\n}'
 
 
@@ -302,8 +321,8 @@ def test_one_service_json_has_only_that_name_and_the_cluster_name() -> None:
   }},
   "ClusterName": "test\\u003c1\\u003e"
 }}""".encode()
-    assert http.one_service_json(STATE, "web") == expected
-    assert http.one_service_json(STATE, "nope") is None
+    assert documents.one_service_json(STATE, "web") == expected
+    assert documents.one_service_json(STATE, "nope") is None
 
 
 def test_watch_document_is_the_bare_by_service_map_compact() -> None:
@@ -330,15 +349,15 @@ def test_watch_document_is_the_bare_by_service_map_compact() -> None:
         + compact(WEB_ALPHA, port1, 0)
         + "]}"
     ).encode()
-    assert http.by_service_json(STATE) == expected
-    assert http.by_service_json(ClusterState(hostname="x")) == b"{}"
+    assert documents.by_service_json(STATE) == expected
+    assert documents.by_service_json(ClusterState(hostname="x")) == b"{}"
 
 
 def test_watch_document_spelled_out_for_one_record() -> None:
     state = ClusterState(
         hostname="h", servers={"h": _server("h", WEB_BETA, last_updated=WEB_BETA.updated)}
     )
-    assert http.by_service_json(state) == (
+    assert documents.by_service_json(state) == (
         b'{"web":[{"ID":"bbb222bbb222","Name":"web","Image":"web:1",'
         b'"Created":"2023-11-14T22:11:40Z","Hostname":"beta",'
         b'"Ports":[{"Type":"tcp","Port":32002,"ServicePort":8080,"IP":"10.0.0.2"}],'
@@ -347,8 +366,18 @@ def test_watch_document_spelled_out_for_one_record() -> None:
 
 
 def test_error_json_is_gos_marshal_of_the_map() -> None:
-    assert http.error_json('no instances of a<"b found') == (
+    assert documents.error_json('no instances of a<"b found') == (
         b'{"message":"no instances of a\\u003c\\"b found","status":"error"}'
+    )
+
+
+def test_error_json_escapes_the_message_as_gos_encoding_json() -> None:
+    """`<`, `>`, `&`, U+2028/9 and controls escaped (`\\b` as `\\u0008`: Go before 1.22, as
+    `codec` writes), DEL and other text as they are."""
+    message = 'a<b>&c\u2028\u2029\x01\x08\x7f\n\t"\\é'
+    assert documents.error_json(message) == (
+        b'{"message":"a\\u003cb\\u003e\\u0026c\\u2028\\u2029\\u0001\\u0008\x7f\\n\\t'
+        b'\\"\\\\\xc3\xa9","status":"error"}'
     )
 
 
@@ -362,51 +391,47 @@ def test_error_json_is_gos_marshal_of_the_map() -> None:
         ("héllo <ok>", '"héllo <ok>"'),
         ("\u2028", '"\\u2028"'),
         ("\U0001f600", '"\U0001f600"'),
+        # strconv.Quote is not encoding/json: `<`, `>`, `&` stay as they are
+        ("a&b<c>", '"a&b<c>"'),
+        ("\u2029", '"\\u2029"'),
+        ("\a\b\f\v", '"\\a\\b\\f\\v"'),
+        ("\x00\x1b", '"\\x00\\x1b"'),
+        # not printable by Go's rules (controls, spaces other than U+0020, formats, private use)
+        ("\x85\xa0\xad", '"\\u0085\\u00a0\\u00ad"'),
+        ("\u3000\ufeff\ue000", '"\\u3000\\ufeff\\ue000"'),
+        ("\U000e0001", '"\\U000e0001"'),
+        # printable: kept
+        ("\ufffd e\u0301", '"\ufffd e\u0301"'),
     ],
 )
 def test_go_quote_is_strconv_quote(text: str, quoted: str) -> None:
-    assert http.go_quote(text) == quoted
+    assert documents.go_quote(text) == quoted
 
 
 def test_drained_body_is_gos_indented_message() -> None:
-    assert http.drained_json(WEB_ALPHA) == (
+    assert documents.drained_json(WEB_ALPHA) == (
         b'{\n  "Message": "Service \\"web\\" instance \\"aaa111aaa111\\" set to DRAINING"\n}'
+    )
+
+
+def test_drained_body_quotes_with_q_then_escapes_as_json() -> None:
+    """Go formats the message with `%q`, then `json.MarshalIndent` escapes what that wrote."""
+    odd = _service("x&y", 'a<b\t"c', "alpha", updated=T0, ports=())
+    assert documents.drained_json(odd) == (
+        b'{\n  "Message": "Service \\"a\\u003cb\\\\t\\\\\\"c\\" instance \\"x\\u0026y\\" '
+        b'set to DRAINING"\n}'
     )
 
 
 def test_document_json_indents_our_documents_the_same_way() -> None:
     expected = '{\n  "Rejections": [],\n  "b": {\n    "x": [\n      1,\n      "é"\n    ]\n  }\n}'
-    assert http.document_json({"Rejections": [], "b": {"x": [1, "é"]}}) == expected.encode()
+    assert documents.document_json({"Rejections": [], "b": {"x": [1, "é"]}}) == expected.encode()
     with pytest.raises(ValueError, match="Out of range float"):
-        http.document_json({"x": float("nan")})
+        documents.document_json({"x": float("nan")})
 
 
-# ---------------------------------------------------------------- trust
-
-
-@pytest.mark.parametrize(
-    "peer",
-    ["127.0.0.1", "127.0.0.2", "127.255.255.254", "::1", "::ffff:127.0.0.1"],
-)
-def test_loopback_peers_may_drain_without_a_token(peer: str) -> None:
-    assert http.is_trusted(peer, None, "")
-    assert not http.is_trusted(peer, None, "", trust_loopback=False)
-
-
-@pytest.mark.parametrize(
-    "peer",
-    ["10.0.0.5", "192.168.168.168", "0.0.0.0", "::", "fe80::1%eth0", "::ffff:10.0.0.1", "", None],
-)
-def test_other_peers_need_the_token(peer: str | None) -> None:
-    assert not http.is_trusted(peer, None, "s3cret")
-    assert not http.is_trusted(peer, "Bearer wrong", "s3cret")
-    assert not http.is_trusted(peer, "Bearer s3cret-and-more", "s3cret")
-    assert not http.is_trusted(peer, "Basic s3cret", "s3cret")
-    assert not http.is_trusted(peer, "s3cret", "s3cret")
-    assert http.is_trusted(peer, "Bearer s3cret", "s3cret")
-    assert http.is_trusted(peer, "bearer  s3cret ", "s3cret")
-
-
-def test_an_empty_configured_token_never_matches() -> None:
-    assert not http.is_trusted("10.0.0.5", "Bearer ", "")
-    assert not http.is_trusted("10.0.0.5", "Bearer", "")
+def test_document_json_escapes_only_what_json_requires() -> None:
+    """Our own documents are not Go's: `<`, `&`, U+2028 and non-ASCII are written as they are."""
+    assert documents.document_json({"a": "<&>\u2028é", "b": "\x01\n"}) == (
+        '{\n  "a": "<&>\u2028é",\n  "b": "\\u0001\\n"\n}'.encode()
+    )
