@@ -1,4 +1,5 @@
-"""The command line: `sidecar simulate` and `sidecar decode`."""
+"""The command line (`sidecar.cli`): `sidecar simulate` and `sidecar decode`, the log format,
+`plan`'s flags and `discover`'s namer."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import io
 import pytest
 
 from sidecar import cli, simulate
+from sidecar.cli import plan
+from sidecar.cli.shared import setup_logging
 from tests.unit.test_codec import GO_SERVICE
 
 
@@ -70,7 +73,7 @@ def test_json_logs_are_one_object_per_line(capsys):
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:
-        cli.setup_logging(level="debug", json_format=True)
+        setup_logging(level="debug", json_format=True)
         logging.getLogger("sidecar.test").info("hello %s", "world")
         logging.getLogger("sidecar.test").debug("details")
     finally:
@@ -102,7 +105,7 @@ def root_logger():
 def test_a_text_log_record_is_one_line_whatever_its_values_carry(capsys, root_logger):
     import logging
 
-    cli.setup_logging(level="info", json_format=False)
+    setup_logging(level="info", json_format=False)
     log = logging.getLogger("sidecar.test")
     log.info("static service %s refused", "web\n2026-01-01 INFO forged")
     log.info("name %r", "a\r\x1b[2Kb\x85c\u2028d\te")
@@ -117,7 +120,7 @@ def test_a_text_log_record_is_one_line_whatever_its_values_carry(capsys, root_lo
 def test_a_traceback_is_indented_below_its_record(capsys, root_logger):
     import logging
 
-    cli.setup_logging(level="info", json_format=False)
+    setup_logging(level="info", json_format=False)
     try:
         raise ValueError("bad\n2026-01-01 INFO forged")
     except ValueError:
@@ -133,7 +136,7 @@ def test_a_json_log_record_is_one_line_whatever_its_values_carry(capsys, root_lo
     import json
     import logging
 
-    cli.setup_logging(level="info", json_format=True)
+    setup_logging(level="info", json_format=True)
     logging.getLogger("sidecar.test").info("service %s", "web\n2026-01-01 INFO forged\u2028x")
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1, lines
@@ -154,7 +157,7 @@ def test_every_plan_flag_overrides_a_haproxy_key_the_daemon_reads():
     from sidecar.config import Config
 
     keys = set(type(Config().haproxy).model_fields)
-    assert set(cli._PLAN_FLAGS.values()) <= keys
+    assert set(plan._PLAN_FLAGS.values()) <= keys
     destinations = {
         action.dest
         for group in cli._parser()._subparsers._group_actions  # the subcommands
@@ -162,7 +165,7 @@ def test_every_plan_flag_overrides_a_haproxy_key_the_daemon_reads():
         if name == "plan"
         for action in sub._actions
     }
-    assert set(cli._PLAN_FLAGS) <= destinations
+    assert set(plan._PLAN_FLAGS) <= destinations
 
 
 def test_discover_refuses_a_regex_namer_without_a_group_as_the_daemon_does(capsys, tmp_path):
