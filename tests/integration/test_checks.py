@@ -1,6 +1,7 @@
 """Health checks against real endpoints on 127.0.0.1: HTTP, TCP, processes, and the runner's
 scheduling (immediate first check, no pile-up, removal, spec change, wake-ups, timing) and its
-cost per service. No Docker needed."""
+cost per service. No Docker needed. The checks that touch nothing are in
+tests/unit/test_checks.py."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from sidecar.adapters import checks
-from sidecar.adapters.checks import CheckOutcome, CheckRunner, run_check, split_host_port
+from sidecar.adapters.checks import CheckOutcome, CheckRunner, run_check
 from sidecar.state.discovery import CheckSpec, CheckType
 
 T = TypeVar("T")
@@ -227,23 +228,6 @@ def test_tcp_bad_address_is_unhealthy_with_the_reason(address: str) -> None:
     outcome = run(lambda: check(CheckSpec(CheckType.TCP, address)))
     assert outcome.healthy is False
     assert repr(address) in outcome.detail
-
-
-def test_split_host_port_reads_ipv4_names_and_bracketed_ipv6() -> None:
-    assert split_host_port("127.0.0.1:80") == ("127.0.0.1", 80)
-    assert split_host_port("example.com:8080") == ("example.com", 8080)
-    assert split_host_port("[::1]:80") == ("::1", 80)
-    with pytest.raises(ValueError, match="::1"):
-        split_host_port("[::1]")
-
-
-def test_always_successful_and_docker_health() -> None:
-    docker = CheckSpec(CheckType.DOCKER, "")
-    assert run(lambda: check(CheckSpec(CheckType.ALWAYS_SUCCESSFUL, ""))).healthy is True
-    assert run(lambda: check(docker, docker_health="healthy")).healthy is True
-    assert run(lambda: check(docker, docker_health="unhealthy")).healthy is False
-    assert run(lambda: check(docker, docker_health="starting")).healthy is None
-    assert run(lambda: check(docker, docker_health=None)).healthy is None
 
 
 # ---------------------------------------------------------------- External
