@@ -20,6 +20,7 @@ import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
+from typing import NoReturn
 
 import pytest
 from hypothesis import settings
@@ -181,6 +182,14 @@ def required_components() -> frozenset[str]:
     """The components that `SIDECAR_REQUIRE` names."""
     raw = os.environ.get(REQUIRE_ENV, "")
     return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
+def missing(name: str, why: str) -> NoReturn:
+    """End a test that found part of component `name` missing: a failure when
+    `SIDECAR_REQUIRE` names it (CI must have it), else a skip saying why."""
+    if name in required_components():
+        pytest.fail(f"{REQUIRE_ENV} names {name!r} but {why}", pytrace=False)
+    pytest.skip(f"{why} ({REQUIRE_ENV}={name} makes it fail)")
 
 
 # ---------------------------------------------------------------- hooks

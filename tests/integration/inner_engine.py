@@ -29,6 +29,8 @@ import pytest
 from docker.client import DockerClient
 from docker.errors import DockerException
 
+from tests.conftest import missing
+
 from .conftest import wait_for
 
 if TYPE_CHECKING:
@@ -50,11 +52,6 @@ conn.request("GET", sys.argv[3])
 reply = conn.getresponse()
 sys.stdout.buffer.write(b"%d\\n" % reply.status + reply.read())
 """
-
-
-def required(name: str) -> bool:
-    """Whether SIDECAR_REQUIRE names component `name` (tests/conftest.py's rule)."""
-    return name in {part.strip() for part in os.environ.get("SIDECAR_REQUIRE", "").split(",")}
 
 
 class InnerEngine:
@@ -224,10 +221,7 @@ def running_engine(
     dockerd = shutil.which("dockerd")
     nsenter = shutil.which("nsenter")
     if dockerd is None or nsenter is None:
-        why = f"needs dockerd and nsenter on PATH (dockerd: {dockerd}, nsenter: {nsenter})"
-        if required("docker"):
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
+        missing("docker", f"no dockerd or nsenter on PATH (dockerd: {dockerd}, nsenter: {nsenter})")
     engine = InnerEngine(ns, log, bridge=bridge, extra_args=extra_args)
     try:
         took = engine.start(dockerd)

@@ -26,6 +26,7 @@ import pytest
 from sidecar.adapters.docker import DockerDiscovery
 from sidecar.state.discovery import ContainerListing, EngineUnreachable
 from sidecar.state.times import parse_time
+from tests.conftest import missing
 
 if TYPE_CHECKING:
     from sidecar.state.discovery import ContainerFacts
@@ -316,7 +317,7 @@ def test_an_engine_restart_is_one_outage_and_running_containers_are_never_droppe
     restart: the adapter reports one outage, never a listing without the survivor, and after
     reconnecting lists the survivor but not the container that died during the outage."""
     if not dockerd_pids() or not engine_answers():
-        pytest.skip(f"the engine is not a local dockerd on {DOCKER_SOCKET} this test can restart")
+        missing("docker", f"the engine is not a local dockerd on {DOCKER_SOCKET} to restart")
     if not live_restore_enabled(docker_client):
         stop_dockerd()  # an Engine started without it: restart it with it, before any container
         start_dockerd()

@@ -23,6 +23,7 @@ import pytest
 
 from sidecar.adapters import ipbind
 from sidecar.adapters.ipbind import IpBinder, IpBindError
+from tests.conftest import missing
 
 pytestmark = pytest.mark.netns
 
@@ -172,7 +173,7 @@ def test_ipv6_on_a_real_link_is_usable_at_once(netns):
     ns = netns()
     made = ns.ip("link", "add", "sc-va", "type", "veth", "peer", "name", "sc-vb", check=False)
     if made.returncode != 0:
-        pytest.skip(f"no veth here: {made.stderr.strip()}")
+        missing("netns", f"no veth here: {made.stderr.strip()}")
     ns.ip("link", "set", "sc-va", "up")
     ns.ip("link", "set", "sc-vb", "up")
     binder = IpBinder("sc-va", netns=ns.name)
@@ -370,7 +371,7 @@ def test_without_the_ip_command_every_call_says_so(netns, monkeypatch, tmp_path)
 
 def test_ip_is_found_in_sbin_when_path_lacks_it(netns, monkeypatch, tmp_path):
     if not any(os.access(f"{d}/ip", os.X_OK) for d in ("/usr/sbin", "/sbin")):
-        pytest.skip("ip is neither in /usr/sbin nor in /sbin here")
+        missing("netns", "ip is neither in /usr/sbin nor in /sbin here")
     ns = netns()
     binder = IpBinder("lo", netns=ns.name)
     monkeypatch.setenv("PATH", f"{tmp_path}:relative/bin:")  # relative entries are ignored
@@ -619,7 +620,7 @@ def test_bound_lists_every_address_on_the_interface(netns):
     ns = netns()
     made = ns.ip("link", "add", "sc-va", "type", "veth", "peer", "name", "sc-vb", check=False)
     if made.returncode != 0:
-        pytest.skip(f"no veth here: {made.stderr.strip()}")
+        missing("netns", f"no veth here: {made.stderr.strip()}")
     for cidr in ("10.3.0.1/24", "10.3.0.2/24", "10.4.0.1/16", "fd00::3/64", "fd00::4/128"):
         ns.ip("addr", "add", cidr, "dev", "sc-va", "nodad")
     ns.ip("addr", "add", "10.2.0.1", "peer", "10.2.0.2/32", "dev", "sc-va")
@@ -643,7 +644,7 @@ def test_host_ipv4_addresses_are_those_ip_lists_by_interface_index(netns):
     ns = netns()
     made = ns.ip("link", "add", "sc-va", "type", "veth", "peer", "name", "sc-vb", check=False)
     if made.returncode != 0:
-        pytest.skip(f"no veth here: {made.stderr.strip()}")
+        missing("netns", f"no veth here: {made.stderr.strip()}")
     # Added out of index order: the later interface first, lo last.
     ns.ip("addr", "add", "10.5.0.1/24", "dev", "sc-vb")
     ns.ip("addr", "add", "10.5.0.9/32", "dev", "sc-vb")
