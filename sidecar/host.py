@@ -4,8 +4,9 @@
 folds what they report with the core's pure functions (`observe_container`,
 `containers_to_serve`, `record_result`, `with_health`) into `HostObservation`s: the records
 this host serves, each with the status its checks decided, and the containers rejected with
-their reasons. It emits a new one whenever what it would say changes. The daemon's loop
-(issue 5) stamps them into the cluster state; `bench/discovery.py` measures them.
+their reasons. It emits a new one whenever what it would say changes. The daemon's state
+owner (`sidecar.owner`) stamps them into the cluster state; `bench/discovery.py` measures
+them.
 
 It decides nothing itself: every rule is in `sidecar.state.discovery`.
 """

@@ -1,5 +1,5 @@
 """Five `sidecar run` daemons, each in its own network and UTS namespace, one cluster, real
-traffic through every node's HAProxy (issue 12). The harness is cluster_netns_kit.py.
+traffic through every node's HAProxy. The harness is cluster_netns_kit.py.
 
 Each node is 10.99.0.N on a bridge the test makes, named `nodeN`, with HAProxy on
 192.168.168.168 in its namespace; every daemon joins through node 1. Node 1 runs a busybox

@@ -1,4 +1,4 @@
-"""`sidecar run` daemons forming a cluster on loopback (issue 12, the first steps).
+"""`sidecar run` daemons forming a cluster on loopback.
 
 Three real daemons, each on its own 127.0.0.x (API and gossip), static discovery of one
 service each, HAProxy off; the second and third join through the first as their seed:

@@ -1,7 +1,7 @@
 """`sidecar run` told to stop on a bad day: right after a reload, with a frontend connection
 held open, with an API request half sent — each with both cores busy, as on CI.
 
-The stop is bounded by design (issue 10 §1): the daemon exits within 1 s whatever is in
+The stop is bounded by design (README, `sidecar run`): the daemon exits within 1 s whatever is in
 flight; HAProxy is left serving (the default) or soft-stopped, never killed mid-request:
 what is in flight finishes, bounded by the config's `hard-stop-after`.
 
@@ -29,7 +29,7 @@ from .conftest import REPO, daemon_environment, http_request, wait_for
 
 pytestmark = [pytest.mark.haproxy]
 
-STOP_BOUND = 1.0  # seconds from SIGTERM to exit, by design (issue 10 §1)
+STOP_BOUND = 1.0  # seconds from SIGTERM to exit, by design
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """`sidecar run` with static discovery, as a real process with its managed HAProxy: what a
-hostile or broken `static.json` does to it (issue 10 §4).
+hostile or broken `static.json` does to it.
 
 - a static service whose name carries a line break is refused at discovery: never listed,
   in /api/rejections, and no forged line in the daemon's log;

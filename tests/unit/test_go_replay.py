@@ -1,6 +1,6 @@
 """Conversations recorded from the reference Go Sidecar, replayed against a Python `Peer`.
 
-Recorded by hand on 2026-12-03 (issue 12): the Go Sidecar built from NinesStack/sidecar at
+Recorded by hand on 2026-12-03: the Go Sidecar built from NinesStack/sidecar at
 9e99a84 (`../shared/ENVIRONMENT.md`), node "go1"/"go2" at 10.77.0.2 in a network namespace
 with static discovery of one service `go-web`; a Python `GossipTransport` named "py-node"
 at 10.77.0.1 with one service `py-web`. Every UDP datagram and TCP stream Go sent was saved
