@@ -766,7 +766,7 @@ def test_equal_settings_are_equal_wherever_they_came_from():
 
 
 def test_sources_of_a_config_built_in_code():
-    cfg = Config(haproxy=config.HaproxySettings(bind_ip=""))
+    cfg = Config(haproxy=config.HaproxySection(bind_ip=""))
     assert config.sources(cfg)["haproxy.bind_ip"] == "set in code"
     assert config.sources(cfg)["haproxy.user"] == "default"
 
@@ -776,4 +776,4 @@ def test_the_config_is_frozen():
     with pytest.raises(ValidationError):
         cfg.haproxy.bind_ip = "1.2.3.4"  # type: ignore[misc]
     with pytest.raises(ValidationError):
-        config.HaproxySettings(bind_ipp="1.2.3.4")  # type: ignore[call-arg]
+        config.HaproxySection(bind_ipp="1.2.3.4")  # type: ignore[call-arg]
