@@ -61,10 +61,12 @@ from pathlib import Path
 
 from procs import alive, kill_pids, pids_mentioning, sigterm_as_interrupt
 
-from sidecar.adapters.haproxy import Haproxy, HaproxyOptions, ProcInfo
+from sidecar.adapters.haproxy import Haproxy, HaproxyOptions
 from sidecar.reconcile.desired import Desired, HaproxySettings, desired
+from sidecar.reconcile.haproxy_answers import ProcInfo
+from sidecar.reconcile.haproxy_text import clear_caches
 from sidecar.reconcile.loop import Reconciler
-from sidecar.reconcile.plans import Actual, apply, clear_caches, plan
+from sidecar.reconcile.plans import Actual, apply, plan
 from sidecar.state import merge, times, views
 from sidecar.state.model import ClusterState, Port, Service, Status
 

@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 from sidecar.reconcile.desired import Desired, HaproxySettings, TemplateError, desired
 from sidecar.reconcile.errors import (
@@ -44,7 +44,19 @@ from sidecar.reconcile.errors import (
     RuntimeRefused,
     ServerBusy,
 )
-from sidecar.reconcile.plans import Action, Actual, plan
+from sidecar.reconcile.plans import (
+    Action,
+    Actual,
+    AddServer,
+    Bind,
+    DelServer,
+    EnableServer,
+    Reload,
+    SetServerAddr,
+    Start,
+    Write,
+    plan,
+)
 from sidecar.reconcile.report import plan_report
 from sidecar.state import views
 from sidecar.state.model import ClusterState
@@ -105,7 +117,7 @@ class Stats:
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
-_RUNTIME_KINDS = frozenset({"add-server", "del-server", "enable-server", "set-server-addr"})
+_RUNTIME_ACTIONS = (AddServer, DelServer, EnableServer, SetServerAddr)
 
 # Records (or routed services) beyond which the pure part of a reconcile runs in a thread
 # (the view, the settings and the plan are immutable; one reconcile runs at a time).
@@ -387,7 +399,7 @@ class Reconciler:
                 continue
             done.append(action)
             self.stats.by_kind[action.kind] = self.stats.by_kind.get(action.kind, 0) + 1
-            if action.kind in _RUNTIME_KINDS:
+            if isinstance(action, _RUNTIME_ACTIONS):
                 self.stats.runtime_ops += 1
             log.info("%s", action.describe())
         if busy is not None:
@@ -395,32 +407,34 @@ class Reconciler:
 
     async def _one(self, action: Action) -> None:
         h = self.haproxy
-        kind = action.kind
-        if kind == "bind":
-            if self.addresses is None:
-                raise AddressFailed(f"{action.address} is not bound and no interface is managed")
-            await asyncio.to_thread(self.addresses.bind, action.address)
-            self.stats.binds += 1
-        elif kind == "write":
-            await h.write(action.config)
-        elif kind == "start":
-            await h.start()
-            self.stats.starts += 1
-        elif kind == "reload":
-            await h.reload()
-            self.stats.reloads += 1
-        elif kind == "add-server":
-            await h.add_server(
-                action.backend, action.server, action.address, action.port, action.options
-            )
-        elif kind == "enable-server":
-            await h.enable_server(action.backend, action.server)
-        elif kind == "del-server":
-            await h.del_server(action.backend, action.server)
-        elif kind == "set-server-addr":
-            await h.set_server_addr(action.backend, action.server, action.address, action.port)
-        else:  # pragma: no cover - plan() makes only the kinds above
-            raise ApplyError(f"unknown action {kind!r}")
+        match action:
+            case Bind():
+                if self.addresses is None:
+                    raise AddressFailed(
+                        f"{action.address} is not bound and no interface is managed"
+                    )
+                await asyncio.to_thread(self.addresses.bind, action.address)
+                self.stats.binds += 1
+            case Write():
+                await h.write(action.config)
+            case Start():
+                await h.start()
+                self.stats.starts += 1
+            case Reload():
+                await h.reload()
+                self.stats.reloads += 1
+            case AddServer():
+                await h.add_server(
+                    action.backend, action.server, action.address, action.port, action.options
+                )
+            case EnableServer():
+                await h.enable_server(action.backend, action.server)
+            case DelServer():
+                await h.del_server(action.backend, action.server)
+            case SetServerAddr():
+                await h.set_server_addr(action.backend, action.server, action.address, action.port)
+            case _:
+                assert_never(action)
 
     def _finish(self, outcome: Outcome, *, retry: str = "on-error", news: bool = True) -> Outcome:
         """Record an outcome and when to try again: soon for a deferred deletion; after a

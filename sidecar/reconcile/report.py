@@ -20,6 +20,7 @@ from sidecar.reconcile.plans import Action, Actual
 from sidecar.state.model import ClusterState
 from sidecar.state.views import Exclusion
 
+# The fields an action's JSON carries where its type has them and they are set, in this order.
 _ACTION_FIELDS = ("backend", "server", "address", "port", "options")
 
 
@@ -42,7 +43,7 @@ def _action(action: Action) -> dict[str, Any]:
         "summary": action.describe(),
     }
     for name in _ACTION_FIELDS:
-        value = getattr(action, name)
+        value = getattr(action, name, None)
         if value:
             shown[name] = list(value) if isinstance(value, tuple) else value
     return shown

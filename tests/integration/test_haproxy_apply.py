@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.adapters.haproxy import Haproxy, parse_servers_state
+from sidecar.adapters.haproxy import Haproxy
+from sidecar.reconcile.haproxy_answers import parse_servers_state
 
 from .conftest import http_request
 from .haproxy_kit import Backend, apply, master, reconciling, served_by, table

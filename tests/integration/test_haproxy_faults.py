@@ -47,7 +47,7 @@ async def admin(haproxy: Haproxy, command: str) -> str:
 
 
 async def in_maintenance(haproxy: Haproxy, backend: str, server: str) -> bool:
-    from sidecar.adapters.haproxy import parse_servers_state
+    from sidecar.reconcile.haproxy_answers import parse_servers_state
 
     _, disabled = parse_servers_state(await admin(haproxy, "show servers state"))
     return (backend, server) in disabled

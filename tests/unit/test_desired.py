@@ -7,7 +7,7 @@ import itertools
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sidecar.reconcile import desired
@@ -85,6 +85,16 @@ def test_names_are_sanitized_as_go_does_and_the_comment_keeps_the_raw_name(name,
     config = render(record(name=name)).config
     assert f"frontend {sanitized}-8080\n" in config
     assert f"# ----------- {name} port 8080" in config
+
+
+@given(st.text())
+@example("web\nfrontend evil")
+@example("web\r\n\tserver x 10.0.0.1:1\x00\x7f\u2028")
+def test_a_sanitized_name_holds_only_lowercase_letters_digits_and_dashes(name):
+    # On its own: the routing table refuses such names too, but each layer must hold.
+    sanitized = desired.sanitize_name(name)
+    assert re.fullmatch(r"[a-z0-9-]*", sanitized), sanitized
+    assert len(sanitized) == len(name)  # one `-` for each character replaced
 
 
 def test_ws_is_served_as_http_and_tcp_as_tcp():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.adapters.haproxy import (
+from sidecar.reconcile.haproxy_answers import (
     ServerStat,
     parse_server_stats,
     parse_servers_state,

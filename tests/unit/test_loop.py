@@ -59,25 +59,38 @@ class ModelHaproxy:
         return replace(self.actual, bound_ips=frozenset())
 
     async def write(self, config: str) -> None:
-        self._do(plans.Action("write", "", config=config))
+        self._do(plans.Write(config=config, reason=""))
 
     async def start(self) -> None:
-        self._do(plans.Action("start", ""))
+        self._do(plans.Start(reason=""))
 
     async def reload(self) -> None:
-        self._do(plans.Action("reload", ""))
+        self._do(plans.Reload(reason=""))
 
     async def add_server(self, backend, server, address, port, options) -> None:
-        self._do(plans.Action("add-server", "", backend, server, address, port, options))
+        self._do(
+            plans.AddServer(
+                backend=backend,
+                server=server,
+                address=address,
+                port=port,
+                options=options,
+                reason="",
+            )
+        )
 
     async def enable_server(self, backend, server) -> None:
-        self._do(plans.Action("enable-server", "", backend, server))
+        self._do(plans.EnableServer(backend=backend, server=server, reason=""))
 
     async def del_server(self, backend, server) -> None:
-        self._do(plans.Action("del-server", "", backend, server))
+        self._do(plans.DelServer(backend=backend, server=server, reason=""))
 
     async def set_server_addr(self, backend, server, address, port) -> None:
-        self._do(plans.Action("set-server-addr", "", backend, server, address, port))
+        self._do(
+            plans.SetServerAddr(
+                backend=backend, server=server, address=address, port=port, reason=""
+            )
+        )
 
 
 class Addresses:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from sidecar.reconcile import desired, plans
 from sidecar.reconcile.desired import HaproxySettings
 from sidecar.reconcile.plans import Actual
@@ -36,7 +40,7 @@ def running(*records):
 
 
 def kinds(actions):
-    return [(a.kind, a.server) for a in actions]
+    return [(a.kind, getattr(a, "server", "")) for a in actions]
 
 
 def test_nothing_running_binds_writes_and_starts():
@@ -74,11 +78,6 @@ def test_a_new_service_port_is_one_reload():
         want(svc("h1", "a1"), svc("h2", "b2", service_port=9000)), running(svc("h1", "a1"))
     )
     assert [a.kind for a in actions] == ["write", "reload"]
-
-
-def test_servers_in_reads_backends_and_ipv6():
-    config = "backend web-8080\n\tserver h1-a1 [fd00::1]:80 cookie x\nfrontend f\n\tserver no 1:1\n"
-    assert plans.servers_in(config) == {"web-8080": {"h1-a1": ("[fd00::1]", 80)}}
 
 
 def test_a_server_in_maintenance_that_should_serve_is_enabled():
@@ -136,6 +135,56 @@ def test_a_changed_server_option_is_a_reload():
     actions = plans.plan(want(svc("h1", "a1")), plans.replace(before, config=config))
     assert [a.kind for a in actions] == ["write", "reload"]
     assert "options of web-8080/h1-a1 changed" in actions[0].reason
+
+
+EVERY_KIND = (
+    plans.Bind(address="192.168.168.168", reason="r1"),
+    plans.Write(config="global\n", reason="r2"),
+    plans.Start(reason="r3"),
+    plans.Reload(reason="r4"),
+    plans.DelServer(backend="web-8080", server="h1-a1", reason="r5"),
+    plans.AddServer(
+        backend="web-8080",
+        server="h2-b2",
+        address="[fd00::2]",
+        port=30002,
+        options=("weight", "10"),
+        reason="r6",
+    ),
+    plans.EnableServer(backend="web-8080", server="h3-c3", reason="r7"),
+    plans.SetServerAddr(
+        backend="web-8080", server="h4-d4", address="10.0.0.4", port=30004, reason="r8"
+    ),
+)
+
+
+def test_every_kind_of_action_is_a_frozen_type_of_its_own():
+    assert tuple(a.kind for a in EVERY_KIND) == plans.KINDS
+    assert plans.KINDS == (
+        "bind",
+        "write",
+        "start",
+        "reload",
+        "del-server",
+        "add-server",
+        "enable-server",
+        "set-server-addr",
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        EVERY_KIND[0].reason = "changed"
+
+
+def test_every_kind_of_action_says_what_and_why():
+    assert [a.describe() for a in EVERY_KIND] == [
+        "bind 192.168.168.168  (r1)",
+        "write  (r2)",
+        "start  (r3)",
+        "reload  (r4)",
+        "del-server web-8080/h1-a1  (r5)",
+        "add-server web-8080/h2-b2 [fd00::2]:30002 weight 10  (r6)",
+        "enable-server web-8080/h3-c3  (r7)",
+        "set-server-addr web-8080/h4-d4 10.0.0.4:30004  (r8)",
+    ]
 
 
 def test_describe_says_what_and_why():

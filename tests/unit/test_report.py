@@ -125,6 +125,57 @@ def test_a_running_haproxy_has_no_start_section():
     assert "not running" not in text
 
 
+def test_every_kind_of_action_is_shown_with_its_kind_reason_summary_and_fields_set():
+    actions = (
+        plans.Bind(address="192.168.168.168", reason="r1"),
+        plans.Write(config="global\n", reason="r2"),  # the config is in the diff, not here
+        plans.Start(reason="r3"),
+        plans.Reload(reason="r4"),
+        plans.DelServer(backend="web-8080", server="h1-a1", reason="r5"),
+        plans.AddServer(
+            backend="web-8080",
+            server="h2-b2",
+            address="[fd00::2]",
+            port=30002,
+            options=("weight", "10"),
+            reason="r6",
+        ),
+        plans.AddServer(
+            backend="web-8080", server="h5-e5", address="10.0.0.5", port=1, reason="r7"
+        ),
+        plans.EnableServer(backend="web-8080", server="h3-c3", reason="r8"),
+        plans.SetServerAddr(
+            backend="web-8080", server="h4-d4", address="10.0.0.4", port=30004, reason="r9"
+        ),
+    )
+    shown = report.plan_report(
+        routing()[1], Actual(running=True), actions, (), config_file=CONFIG_FILE
+    )["actions"]
+    # Byte for byte as `/api/plan` and `sidecar plan --json` write them (keys in this order).
+    assert [json.dumps(a) for a in shown] == [
+        '{"kind": "bind", "reason": "r1", "summary": "bind 192.168.168.168  (r1)", '
+        '"address": "192.168.168.168"}',
+        '{"kind": "write", "reason": "r2", "summary": "write  (r2)"}',
+        '{"kind": "start", "reason": "r3", "summary": "start  (r3)"}',
+        '{"kind": "reload", "reason": "r4", "summary": "reload  (r4)"}',
+        '{"kind": "del-server", "reason": "r5", "summary": "del-server web-8080/h1-a1  (r5)", '
+        '"backend": "web-8080", "server": "h1-a1"}',
+        '{"kind": "add-server", "reason": "r6", '
+        '"summary": "add-server web-8080/h2-b2 [fd00::2]:30002 weight 10  (r6)", '
+        '"backend": "web-8080", "server": "h2-b2", "address": "[fd00::2]", "port": 30002, '
+        '"options": ["weight", "10"]}',
+        '{"kind": "add-server", "reason": "r7", '
+        '"summary": "add-server web-8080/h5-e5 10.0.0.5:1  (r7)", '
+        '"backend": "web-8080", "server": "h5-e5", "address": "10.0.0.5", "port": 1}',
+        '{"kind": "enable-server", "reason": "r8", '
+        '"summary": "enable-server web-8080/h3-c3  (r8)", '
+        '"backend": "web-8080", "server": "h3-c3"}',
+        '{"kind": "set-server-addr", "reason": "r9", '
+        '"summary": "set-server-addr web-8080/h4-d4 10.0.0.4:30004  (r9)", '
+        '"backend": "web-8080", "server": "h4-d4", "address": "10.0.0.4", "port": 30004}',
+    ]
+
+
 def test_served_instances_says_what_haproxy_does_with_each_instance() -> None:
     own = svc("me", "a1")
     other = svc("h2", "b1", name="web.app", port=30002)
