@@ -48,6 +48,11 @@ from sidecar.supervise import supervised
 log = logging.getLogger("sidecar.daemon")
 
 TICK = 1.0  # seconds between re-stamps and expiry runs, as Go's loops
+# HAProxy follows the state once this host's discovery has settled (every source reported,
+# every service checked once) and a cluster member has joined, at the latest this long after
+# the start: a restarted daemon must not take from the HAProxy it finds serving what it has
+# not looked at yet (its own services before their first check, its peers' before the join).
+WARMUP_LIMIT = 10.0
 
 
 class DaemonFailed(RuntimeError):
@@ -74,6 +79,9 @@ class Daemon:
         self.hostname = hostname
         self.advertise_ip = advertise_ip
         self._rejected: tuple[Rejected, ...] = ()
+        self._following = False  # whether HAProxy follows the state yet (see WARMUP_LIMIT)
+        self._settled = asyncio.Event()  # host discovery has settled
+        self._joined = asyncio.Event()  # this host has joined its cluster (or has none)
         self._static_error: str | None = None  # why the static file is not used, if it is not
         self.host = self._host_discovery()
         self.owner = StateOwner(self._this_node(clock))
@@ -84,11 +92,14 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         if not config.haproxy.disable:
             self._haproxy_parts(template)
-            assert self.reconciler is not None
-            reconciler = self.reconciler
-            self.owner.sinks.append(lambda state, _: reconciler.update(state))
+            self.owner.sinks.append(self._to_haproxy)
 
     # ------------------------------------------------------------------ wiring
+
+    def _to_haproxy(self, state: ClusterState, _events: object) -> None:
+        """Hand a new state to the HAProxy loop, once it follows the state (`_warm_up`)."""
+        if self._following and self.reconciler is not None:
+            self.reconciler.update(state)
 
     def _this_node(self, clock: Callable[[], int]) -> HostNode:
         """Return this host's node: with seeds a cluster member (its peer merges what peers
@@ -140,6 +151,8 @@ class Daemon:
 
     def observe(self, observation: HostObservation) -> None:
         """Take what host discovery saw: this host's services, what it refused and why."""
+        if observation.settled:
+            self._settled.set()
         self._rejected = observation.rejected
         self._static_error = observation.static_error
         # Listeners first, so a new one hears of its own service's appearance.
@@ -342,7 +355,8 @@ class Daemon:
             self.reconciler.settings = _with_template(
                 self.reconciler.settings, template, h.template_file
             )
-            self.reconciler.update(self.state())
+            if self._following:
+                self.reconciler.update(self.state())
         return said
 
     # ------------------------------------------------------------------ running
@@ -373,8 +387,8 @@ class Daemon:
             log.info("gossip on %s:%d (UDP and TCP)", self.advertise_ip, self.gossip.port)
             jobs["the cluster join"] = self._join()
         if self.reconciler is not None:
-            self.reconciler.update(self.state())
             jobs["the HAProxy loop"] = self.reconciler.run()
+            jobs["the warm-up"] = self._warm_up()
         try:
             async with supervised(jobs) as parts:
                 ended = await parts.first_end(stop)
@@ -394,7 +408,55 @@ class Daemon:
         """Join through the seeds (again and again until one answers), then stay."""
         assert self.gossip is not None
         await self.gossip.join_until_answered(parts.seed_addresses(self.config))
+        self._joined.set()
         await asyncio.Event().wait()  # a job runs until cancelled
+
+    async def _warm_up(self) -> None:
+        """Have HAProxy follow the state once this host knows what it serves and, in a
+        cluster, what its peers serve (at the latest WARMUP_LIMIT after the start); stay."""
+        assert self.reconciler is not None
+        if self.gossip is None:
+            self._joined.set()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        waits = [
+            asyncio.ensure_future(self._settled.wait()),
+            asyncio.ensure_future(self._joined.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=WARMUP_LIMIT)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        missing = [
+            what
+            for what, done in (
+                ("the first look of discovery and checks", self._settled.is_set()),
+                ("the cluster join", self._joined.is_set()),
+            )
+            if not done
+        ]
+        if missing:
+            log.warning(
+                "HAProxy follows the state from now, after %g s without %s",
+                WARMUP_LIMIT,
+                " and ".join(missing),
+            )
+        else:
+            log.info(
+                "HAProxy follows the state from now: this host's services looked at%s (%.2f s)",
+                ", the cluster joined" if self.gossip is not None else "",
+                loop.time() - began,
+            )
+        self.follow()
+        await asyncio.Event().wait()  # a job runs until cancelled
+
+    def follow(self) -> None:
+        """Have HAProxy follow the state from now on (`run` does, after its warm-up)."""
+        self._following = True
+        if self.reconciler is not None:
+            self.reconciler.update(self.state())
 
     async def _leave(self) -> None:
         if self.gossip is not None:

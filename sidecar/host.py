@@ -67,14 +67,18 @@ _Input = PartEnded | ContainerListing | EngineUnreachable | StaticSnapshot | _Ch
 class HostObservation:
     """The records this host serves (health-stamped, `updated` 0) and the rejected ones, and
     why the static file as it is now is not used (None when it is, or there is none; its
-    last good services are still among `services`), and the state-change listeners its
-    services asked for: (Go's name `Service(<name>-<id>)`, URL), sorted."""
+    last good services are still among `services`), the state-change listeners its
+    services asked for: (Go's name `Service(<name>-<id>)`, URL), sorted, and whether it is
+    settled: every source has reported (Docker listed its containers, the static file was
+    read) and every service served has had its first check, so that `services` says what
+    runs, not only what was seen so far."""
 
     services: tuple[Service, ...]
     rejected: tuple[Rejected, ...]
     at: int
     static_error: str | None = None
     listeners: tuple[tuple[str, str], ...] = ()
+    settled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,8 @@ class HostDiscovery:
         self._grace = grace
         self._clock = clock
         self._listing: tuple[ContainerFacts, ...] = ()
+        self._listed = False  # Docker has listed its containers at least once
+        self._static_read = False  # the static file has been read at least once
         self._unreachable_since: int | None = None
         self._static_observed: tuple[Observed, ...] = ()
         self._static_rejected: tuple[Rejected, ...] = ()
@@ -219,11 +225,13 @@ class HostDiscovery:
                 raise SourceEnded(str(item)) from item.cause
             case ContainerListing():
                 self._listing = item.containers
+                self._listed = True
                 self._unreachable_since = None
             case EngineUnreachable():
                 self._unreachable_since = item.since
             case StaticSnapshot():
                 self._static_observed = item.observed
+                self._static_read = True
                 self._static_rejected = item.rejected
                 self._static_error = item.error
             case _CheckReport():
@@ -236,13 +244,14 @@ class HostDiscovery:
 
     def _fold_check(self, report: _CheckReport) -> bool:
         outcome = report.outcome
+        first = report.service_id not in self._last_checks
         self._last_checks[report.service_id] = (outcome, report.at)
         self.check_results[
             "unknown" if outcome.healthy is None else "healthy" if outcome.healthy else "unhealthy"
         ] += 1
         observed = self._observed.get(report.service_id)
         if observed is None or outcome.healthy is None:
-            return False
+            return first and observed is not None  # a first check may settle the host
         before = self._health.get(report.service_id, Health())
         after = discovery.record_result(
             before, healthy=outcome.healthy, rise=observed.check.rise, fall=observed.check.fall
@@ -283,6 +292,11 @@ class HostDiscovery:
                 if o.listener is not None
             )
         )
+        settled = (
+            (self._docker is None or self._listed)
+            and (self._static is None or self._static_read)
+            and all(service_id in self._last_checks for service_id in observed)
+        )
         last = self._last
         if (
             last is None
@@ -290,8 +304,9 @@ class HostDiscovery:
             or tuple(rejected) != last.rejected
             or self._static_error != last.static_error
             or listeners != last.listeners
+            or settled != last.settled
         ):
             self._last = HostObservation(
-                services, tuple(rejected), now, self._static_error, listeners
+                services, tuple(rejected), now, self._static_error, listeners, settled
             )
             await out.put(self._last)

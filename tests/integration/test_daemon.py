@@ -8,6 +8,7 @@ short ID), so a test can tell which instance served a request.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -376,3 +377,64 @@ def test_sighup_refuses_a_template_jinja_cannot_parse_and_keeps_the_old_configur
     wait_for(lambda: config.read_text().startswith("# template v3\n"), what="v3 after SIGHUP")
     assert "SIGHUP: sidecar.logging_level is now 'debug'" in spawn.log("sidecar")
     assert proc.poll() is None
+
+
+def test_a_restarted_daemon_keeps_haproxy_serving_until_it_has_looked(
+    spawn, tmp_path, loopback, run_container, test_image
+):
+    """The HAProxy a daemon left serving is adopted by the next one, which changes nothing
+    before it knows what runs: its first look at Docker, and the first check of each
+    container (here 1.5 s: an External `sleep 1.5`). A daemon that followed its empty first
+    state would drop the frontend until then."""
+    env = daemon_environment(
+        tmp_path,
+        loopback,
+        SIDECAR_DISCOVERY="docker",
+        SIDECAR_CHECK_INTERVAL="5s",
+        SIDECAR_EXTERNAL_CHECKS="true",
+    )
+    pid_file = tmp_path / "haproxy" / "haproxy.pid"
+    try:
+        first = start(spawn, env, name="first")
+        wait_for(lambda: http_request(api_url(env, "/healthz")).status == 200, what="/healthz")
+        name, port = f"web-{uuid.uuid4().hex[:6]}", loopback.port()
+        labels = {
+            "ServiceName": name,
+            "ServicePort_80": str(port),
+            "HealthCheck": "External",
+            "HealthCheckArgs": "sleep 1.5",
+        }
+        container = run_container(
+            test_image, SERVES_ITS_NAME, labels=labels, publish_all_ports=True
+        )
+        sid = container.id[:12]
+        url = f"http://{env['HAPROXY_BIND_IP']}:{port}/"
+        wait_for(lambda: served_by(url, 1) == {sid}, what="HAProxy serving it", timeout=30)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=10) == 0
+        assert served_by(url, 1) == {sid}  # left serving (haproxy.stop_on_exit is off)
+
+        start(spawn, env, name="second")
+        failures, alive_at, requests = [], None, 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            requests += 1
+            try:
+                answered = served_by(url, 1)
+            except OSError as exc:
+                answered = {repr(exc)}
+            if answered != {sid}:
+                failures.append((round(time.monotonic() - deadline + 30, 2), answered))
+            if alive_at is None:
+                with contextlib.suppress(OSError, ValueError):
+                    if (r := record(env, name, sid)) and r["Status"] == 0:
+                        alive_at = time.monotonic()
+            elif time.monotonic() > alive_at + 1.0:
+                break  # ALIVE in the new daemon's API, and served a second beyond
+            time.sleep(0.05)
+        assert alive_at is not None, spawn.log("second")
+        assert failures == [], f"{len(failures)} of {requests} requests failed: {failures[:5]}"
+        assert "HAProxy follows the state from now" in spawn.log("second")
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.killpg(int(pid_file.read_text().split()[0]), signal.SIGKILL)

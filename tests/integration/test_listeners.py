@@ -401,7 +401,12 @@ def test_a_container_labelled_sidecar_listener_gets_posts_until_it_stops(
     for method, path, body in lines:
         assert (method, path) == ("POST", "/sidecar/update")
         assert_gos_document(body.encode())
-    assert listener_figure(env, "sidecar_listener_deliveries", listener) >= len(lines)
+    # The receiver records a POST before the daemon has its answer and counts the delivery.
+    wait_for(
+        lambda: listener_figure(env, "sidecar_listener_deliveries", listener) >= len(lines),
+        what=f"{len(lines)} deliveries counted",
+        timeout=10,
+    )
 
     container.stop(timeout=1)
     removed = f"Removing listener {listener} because the service appears to be gone"

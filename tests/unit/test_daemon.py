@@ -146,6 +146,7 @@ def test_rejections_name_what_the_routing_table_left_out(tmp_path):
         assert d.reconciler is not None
         task = asyncio.create_task(d.reconciler.run())
         try:
+            d.follow()
             d.observe(HostObservation((web("a1"), udp_only), (), T0))
             await d.reconciler.settled()
             return d.rejections()

@@ -177,3 +177,40 @@ def test_each_served_service_has_its_check_and_last_outcome():
     last = after["abcdef123456"]
     assert (last.spec, last.outcome.healthy) == (spec, True)
     assert 0 < last.at <= time.time_ns()
+
+
+def test_an_observation_is_settled_once_every_source_reported_and_every_service_was_checked():
+    async def scenario() -> list[tuple[bool, int, bool]]:
+        host = HostDiscovery(POLICY, docker=SteadyDocker())
+        seen = []
+        async with host.running() as out, asyncio.timeout(5):
+            while not seen or not seen[-1][0]:
+                observation = await out.get()
+                checked = all(last.outcome is not None for last in host.last_checks().values())
+                seen.append((observation.settled, len(observation.services), checked))
+            return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] == (False, 0, True)  # before Docker's first listing: not settled
+    assert seen[-1] == (True, 1, True)  # listed, and its one service checked
+    assert all(not settled for settled, _, _ in seen[:-1])
+
+
+def test_a_host_without_services_is_settled_once_its_sources_reported():
+    async def scenario() -> list[bool]:
+        host = HostDiscovery(POLICY, docker=EmptyDocker())
+        async with host.running() as out, asyncio.timeout(5):
+            first = await out.get()
+            second = await out.get()
+        return [first.settled, second.settled]
+
+    assert asyncio.run(scenario()) == [False, True]
+
+
+class EmptyDocker:
+    """A Docker source that lists no container, then nothing changes."""
+
+    async def run(self, out: asyncio.Queue) -> None:
+        await asyncio.sleep(0.05)
+        await out.put(ContainerListing((), at=time.time_ns()))
+        await asyncio.Event().wait()
