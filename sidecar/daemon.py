@@ -130,8 +130,8 @@ class Daemon:
 
     def _haproxy_parts(self, template: str | None) -> None:
         h = self.config.haproxy
-        self.haproxy = Haproxy(parts.haproxy_options(self.config))
-        self.addresses = IpBinder(h.interface)
+        self.haproxy = parts.haproxy(self.config)
+        self.addresses = parts.address_binder(self.config)
         self.reconciler = Reconciler(
             self.haproxy,
             self.addresses,

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.adapters.gossip import GossipTransport
-from sidecar.adapters.haproxy import HaproxyOptions
+from sidecar.adapters.haproxy import Haproxy, HaproxyOptions
+from sidecar.adapters.ipbind import IpBinder
 from sidecar.adapters.static import StaticDiscovery
 from sidecar.cluster import membership
 from sidecar.cluster.crypto import Keyring
@@ -81,6 +82,16 @@ def haproxy_options(config: Config) -> HaproxyOptions:
         reload_command=h.reload_command,
         verify_command=h.verify_command,
     )
+
+
+def haproxy(config: Config) -> Haproxy:
+    """Return the HAProxy adapter for this host's HAProxy."""
+    return Haproxy(haproxy_options(config))
+
+
+def address_binder(config: Config) -> IpBinder:
+    """Return the adapter that binds the HAProxy bind IP on `[haproxy] interface`."""
+    return IpBinder(config.haproxy.interface)
 
 
 def haproxy_settings(config: Config, template: str | None) -> HaproxySettings:

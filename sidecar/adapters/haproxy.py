@@ -73,12 +73,14 @@ _LAST_WORDS: Final = 40
 
 @dataclass(frozen=True, slots=True)
 class HaproxyOptions:
-    """Where HAProxy's files are and how it is run (Go's defaults where Go has them)."""
+    """Where HAProxy's files are and how it is run. The paths have no default here: the
+    configuration's `[haproxy]` section holds them (Go's), and `parts.haproxy_options`
+    passes them in."""
 
-    config_file: Path = Path("/etc/haproxy/haproxy.cfg")
-    pid_file: Path = Path("/var/run/haproxy.pid")
-    master_socket: Path = Path("/var/run/sidecar/haproxy-master.sock")
-    admin_socket: Path = Path("/var/run/haproxy_stats.sock")
+    config_file: Path
+    pid_file: Path
+    master_socket: Path
+    admin_socket: Path
     binary: str = "haproxy"
     mode: Literal["managed", "external"] = "managed"
     reload_command: str = ""  # external mode; empty = Go's default

@@ -116,8 +116,7 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sidecar import parts
-    from sidecar.adapters.haproxy import Haproxy
-    from sidecar.adapters.ipbind import IpBinder, IpBindError
+    from sidecar.adapters.ipbind import IpBindError
     from sidecar.config import ConfigError
     from sidecar.reconcile import report
     from sidecar.reconcile.desired import TemplateError, check_template, desired
@@ -162,10 +161,10 @@ def main(args: argparse.Namespace) -> int:
         want = desired(table, settings, now=time.time_ns())
         options = parts.haproxy_options(config)
         try:
-            actual = asyncio.run(Haproxy(options).read_actual())
+            actual = asyncio.run(parts.haproxy(config).read_actual())
         except OSError as exc:  # the config file unreadable; a missing one is None
             raise _PlanError(f"cannot read {config_file}: {exc.strerror}") from None
-        bound = IpBinder(h.interface).bound()
+        bound = parts.address_binder(config).bound()
     except (_PlanError, codec.RecordRejected, TemplateError, IpBindError) as exc:
         prefix = "the cluster state was refused: " if isinstance(exc, codec.RecordRejected) else ""
         return fail(f"{prefix}{exc}")
