@@ -176,6 +176,8 @@ class Reconciler:
         ) = None
         self._good: Desired | None = None  # the last config applied: what a restart uses
         self._refused: tuple[str, str] | None = None  # the last config refused, and why
+        self._written: str | None = None  # the config this loop last wrote
+        self._unloaded: str | None = None  # a config written whose reload failed
         self._changed = asyncio.Event()
         self._retry_at: float | None = None
         self._backoff = 0.5
@@ -310,6 +312,8 @@ class Reconciler:
             # The address listing failed, the config file cannot be read: a failure like an
             # apply's, retried after a backoff; the loop goes on.
             return self._finish(Outcome((), error=f"cannot read what runs: {exc}"))
+        if actual.running and actual.config is not None and actual.config == self._unloaded:
+            actual = replace(actual, loaded=False)  # the file is new to HAProxy: reload it
         actions = await asyncio.to_thread(plan, want, actual) if offload else plan(want, actual)
         # A report shows the config on disk and whether HAProxy runs, not its servers.
         shown = Actual(config=actual.config, running=actual.running, bound_ips=actual.bound_ips)
@@ -417,11 +421,20 @@ class Reconciler:
                 self.stats.binds += 1
             case Write():
                 await h.write(action.config)
+                self._written = action.config
             case Start():
                 await h.start()
+                self._unloaded = None
                 self.stats.starts += 1
             case Reload():
-                await h.reload()
+                try:
+                    await h.reload()
+                except ApplyError:
+                    # The old workers serve on; the file they did not load must be reloaded
+                    # even if nothing changes any more (`Actual.loaded`).
+                    self._unloaded = self._written
+                    raise
+                self._unloaded = None
                 self.stats.reloads += 1
             case AddServer():
                 await h.add_server(

@@ -64,12 +64,14 @@ def runtime_options(options: tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Actual:
-    """What this host has: the config on disk, whether HAProxy runs, the servers its
-    runtime API reports (by backend), which of those are in maintenance, and the addresses
-    bound on the bind interface."""
+    """What this host has: the config on disk, whether HAProxy runs (and whether it runs
+    that config: not after a reload of it failed), the servers its runtime API reports (by
+    backend), which of those are in maintenance, and the addresses bound on the bind
+    interface."""
 
     config: str | None = None
     running: bool = False
+    loaded: bool = True
     servers: Servers = field(default_factory=dict)
     disabled: frozenset[tuple[str, str]] = frozenset()  # (backend, server) in maintenance
     bound_ips: frozenset[str] = frozenset()
@@ -219,6 +221,8 @@ def _reload_reason(desired: Desired, actual: Actual) -> str | None:
     """Return why the change needs a reload, or None when the runtime API can make it."""
     if actual.config is None:
         return "no config on disk"
+    if not actual.loaded:
+        return "HAProxy does not run the config on disk: its reload failed"
     if without_servers(actual.config) != without_servers(desired.config):
         return "frontends, backends or settings changed"
     was, want = parse_config(actual.config), parse_config(desired.config)

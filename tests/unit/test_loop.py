@@ -13,7 +13,13 @@ import pytest
 from sidecar.reconcile import loop as loop_module
 from sidecar.reconcile import plans
 from sidecar.reconcile.desired import HaproxySettings
-from sidecar.reconcile.errors import AddressFailed, ConfigRejected, RuntimeRefused, ServerBusy
+from sidecar.reconcile.errors import (
+    AddressFailed,
+    ConfigRejected,
+    ProcessFailed,
+    RuntimeRefused,
+    ServerBusy,
+)
 from sidecar.reconcile.loop import Reconciler
 from sidecar.state import merge, times, views
 from sidecar.state.model import ClusterState, Port, Service, Status
@@ -194,6 +200,36 @@ def test_a_rejected_config_stops_the_plan_before_it_reloads():
     assert haproxy.calls[-1] == "write"
     assert "reload" not in haproxy.calls
     assert "[ALERT] x" in outcome.error
+
+
+def test_a_failed_reload_is_tried_again_though_the_file_is_already_written():
+    # The new config was validated and written, then HAProxy did not load it (a port taken
+    # by another process, say): the old workers serve on. With no change after, the retry
+    # must still reload: the file on disk is not what runs.
+    haproxy = ModelHaproxy()
+
+    async def scenario():
+        reconciler = Reconciler(haproxy, Addresses(), SETTINGS)
+        reconciler.update(table(svc("s1")))
+        await reconciler.reconcile()
+        haproxy.fail["reload"] = ProcessFailed("HAProxy did not load the new config: [ALERT] y")
+        reconciler.update(table(svc("s1"), svc("s2", service_port=9000)))
+        failed = await reconciler.reconcile()
+        haproxy.calls.clear()
+        retried = await reconciler.reconcile()  # the retry after the backoff: no new table
+        calls, haproxy.calls = haproxy.calls, []
+        after = await reconciler.reconcile()
+        return failed, retried, calls, after
+
+    failed, retried, calls, after = asyncio.run(scenario())
+    assert "[ALERT] y" in failed.error
+    assert calls == ["write", "reload"]
+    assert retried.error is None
+    assert [a.reason for a in retried.actions][-1] == (
+        "HAProxy does not run the config on disk: its reload failed"
+    )
+    assert after.actions == ()
+    assert "web-9000" in haproxy.actual.servers
 
 
 def test_a_refused_runtime_command_falls_back_to_write_and_reload():
