@@ -331,9 +331,7 @@ class Cluster:
     def views_agree(self) -> bool:
         """Return whether every live host shows the same records, whatever their versions
         (an owner re-stamps its records every 30 s)."""
-        shown = {
-            frozenset(r.with_updated(0) for r in h.peer.state.records()) for h in self.live()
-        }
+        shown = {frozenset(r.with_updated(0) for r in h.peer.state.records()) for h in self.live()}
         return len(shown) == 1
 
     def reached(self, key: tuple[str, str, Status], since: int) -> list[int]:
