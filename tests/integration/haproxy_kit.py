@@ -13,12 +13,11 @@ import contextlib
 from sidecar.adapters.haproxy import Haproxy, HaproxyOptions
 from sidecar.reconcile.desired import HaproxySettings
 from sidecar.reconcile.loop import Reconciler
-from sidecar.state import merge, times, views
-from sidecar.state.model import ClusterState, Port, Service, Status
+from sidecar.state import views
+from sidecar.state.model import Service
+from tests.builders import cluster_state, service
 
 from .conftest import http_request
-
-T0 = 1_700_000_000 * times.NANOS_PER_SECOND
 
 
 class Backend:
@@ -33,16 +32,8 @@ class Backend:
         return f"{self.host}-{self.sid}"
 
     def record(self, *, name: str = "web") -> Service:
-        return Service(
-            id=self.sid,
-            name=name,
-            image=f"{name}:1",
-            created=T0,
-            hostname=self.host,
-            ports=(Port(type="tcp", port=self.port, service_port=self.service_port, ip=self.ip),),
-            updated=T0,
-            proxy_mode="http",
-            status=Status.ALIVE,
+        return service(
+            self.host, self.sid, name=name, ports=((self.port, self.service_port),), ip=self.ip
         )
 
 
@@ -50,8 +41,7 @@ def table(*backends: Backend, names: dict[str, str] | None = None):
     """The routing table of these instances (service `web`, or `names[instance name]`)."""
     names = names or {}
     records = [b.record(name=names.get(b.name, "web")) for b in backends]
-    state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
-    return views.routing_table(state)
+    return views.routing_table(cluster_state("me", *records))
 
 
 class Bound:

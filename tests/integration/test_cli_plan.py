@@ -11,17 +11,17 @@ import threading
 
 import pytest
 
-from sidecar.state import codec, merge
-from sidecar.state.model import ClusterState
+from sidecar.state import codec
+from tests.builders import cluster_state
 
 from .conftest import REPO
-from .haproxy_kit import T0, Backend, apply, reconciling
+from .haproxy_kit import Backend, apply, reconciling
 
 pytestmark = pytest.mark.haproxy
 
 
 def state_file(path, *records):
-    state = merge.merge_records(ClusterState(hostname="me"), list(records), now=T0).state
+    state = cluster_state("me", *records)
     path.write_bytes(codec.encode_state(state))
     return path
 

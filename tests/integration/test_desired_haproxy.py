@@ -9,26 +9,14 @@ import pytest
 
 from sidecar.reconcile import desired
 from sidecar.reconcile.desired import HaproxySettings
-from sidecar.state import merge, times, views
-from sidecar.state.model import ClusterState, Port, Service, Status
+from sidecar.state import views
+from tests import builders
 
 pytestmark = pytest.mark.haproxy
 
-T0 = 1_700_000_000 * times.NANOS_PER_SECOND
-
 
 def service(host, sid, name, ip, port, service_port, mode="http"):
-    return Service(
-        id=sid,
-        name=name,
-        image=f"{name}:1",
-        created=T0,
-        hostname=host,
-        ports=(Port(type="tcp", port=port, service_port=service_port, ip=ip),),
-        updated=T0,
-        proxy_mode=mode,
-        status=Status.ALIVE,
-    )
+    return builders.service(host, sid, name=name, ip=ip, ports=((port, service_port),), mode=mode)
 
 
 def test_haproxy_accepts_the_rendered_config(tmp_path):
@@ -38,7 +26,7 @@ def test_haproxy_accepts_the_rendered_config(tmp_path):
         service("h1", "bbbbbbbbbbb1", "Registry/API:v2", "127.0.0.1", 32003, 9000, "ws"),
         service("h3", "ccccccccccc1", "db", "10.0.0.3", 5432, 5432, "tcp"),
     ]
-    state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
+    state = builders.cluster_state("me", *records)
     settings = HaproxySettings(bind_ip="127.0.0.77", admin_socket=str(tmp_path / "admin.sock"))
     result = desired.desired(views.routing_table(state), settings)
     assert len(result.frontends) == 3

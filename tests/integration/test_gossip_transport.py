@@ -34,7 +34,8 @@ from sidecar.cluster.membership import (
 )
 from sidecar.cluster.messages import GO_VSN, Ack, Alive, NodeState, Ping
 from sidecar.cluster.peer import Output, Peer
-from sidecar.state.model import Port, Service, Status
+from sidecar.state.model import Service, Status
+from tests import builders
 from tests.integration.conftest import Loopback, port_is_free
 
 pytestmark = pytest.mark.cluster
@@ -155,17 +156,7 @@ async def eventually(probe: Callable[[], object], what: str, *, within: float) -
 
 def service(node: Node, sid: str = "0123456789ab") -> Service:
     now = time.time_ns()
-    return Service(
-        id=sid,
-        name="web",
-        image="web:1.0",
-        created=now,
-        hostname=node.name,
-        ports=(Port(type="tcp", port=32000, service_port=8080, ip=node.ip),),
-        updated=now,
-        proxy_mode="http",
-        status=Status.ALIVE,
-    )
+    return builders.service(node.name, sid, image="web:1.0", ip=node.ip, at=now, created=now)
 
 
 async def three_joined(nodes: Nodes) -> tuple[Node, Node, Node]:

@@ -24,10 +24,9 @@ from aiohttp import web
 
 from sidecar.adapters import http
 from sidecar.state import codec, documents, merge, times
-from sidecar.state.model import ClusterState, Port, Service, Status
+from sidecar.state.model import ClusterState, Service, Status
+from tests.builders import T0, S, service
 
-S = times.NANOS_PER_SECOND
-T0 = 1_700_000_000 * S
 ME = "alpha"
 PEER = "beta"
 SCENARIO_TIMEOUT = 20.0
@@ -36,16 +35,8 @@ CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "GET
 
 
 def observed(sid: str, name: str, *, host: str = ME, port: int = 32000) -> Service:
-    return Service(
-        id=sid,
-        name=name,
-        image=f"{name}:1",
-        created=T0 - 100 * S,
-        hostname=host,
-        ports=(Port(type="tcp", port=port, service_port=8080, ip="127.0.0.1"),),
-        updated=T0,
-        proxy_mode="http",
-        status=Status.ALIVE,
+    return service(
+        host, sid, name=name, ports=((port, 8080),), ip="127.0.0.1", created=T0 - 100 * S
     )
 
 

@@ -32,7 +32,8 @@ from hypothesis.stateful import (
 
 from sidecar.state import codec, times
 from sidecar.state import node as protocol
-from sidecar.state.model import ClusterState, Port, Service, Status
+from sidecar.state.model import ClusterState, Service, Status
+from tests.builders import service
 from tests.property import strategies
 
 S = times.NANOS_PER_SECOND
@@ -91,15 +92,14 @@ class ClusterSim(RuleBasedStateMachine):
 
     def _observed(self, name: str) -> list[Service]:
         return [
-            Service(
-                id=cid,
+            service(
+                name,
+                cid,
                 name=c.name,
-                image=f"{c.name}:1",
+                ports=((c.port, 8080),),
+                ip="10.0.0.9",
+                at=0,
                 created=strategies.BASE,
-                hostname=name,
-                ports=(Port(type="tcp", port=c.port, service_port=8080, ip="10.0.0.9"),),
-                updated=0,
-                proxy_mode="http",
                 status=Status.ALIVE if c.healthy else Status.UNHEALTHY,
             )
             for cid, c in sorted(self.reality[name].items())

@@ -70,10 +70,11 @@ from sidecar.cluster.membership import (
 )
 from sidecar.cluster.messages import Ack, NodeState, PushPull
 from sidecar.cluster.peer import PUSH_PULL_INTERVAL, RECONNECT_INTERVAL, Output, Peer
-from sidecar.state.model import Port, Service, Status
+from sidecar.state.model import Service, Status
+from tests import builders
 
 T0 = 1_000 * SECOND
-WALL0 = 1_700_000_000 * SECOND
+WALL0 = builders.T0  # the wall clock when the simulation starts
 ACTIVE_FOR = 60 * SECOND
 """Services change, hosts crash, restart and leave, the network loses and splits: this long."""
 OBSERVE_EVERY = 3 * SECOND
@@ -321,15 +322,14 @@ class Sim:
 
     def observed(self, i: int) -> list[Service]:
         return [
-            Service(
-                id=r.cid,
+            builders.service(
+                name(i),
+                r.cid,
                 name=r.service,
-                image=f"{r.service}:1",
+                ports=((r.port, 8080),),
+                ip=f"10.0.0.{i + 1}",
+                at=0,
                 created=WALL0,
-                hostname=name(i),
-                ports=(Port(type="tcp", port=r.port, service_port=8080, ip=f"10.0.0.{i + 1}"),),
-                updated=0,
-                proxy_mode="http",
                 status=Status.UNHEALTHY if not r.healthy else Status.ALIVE,
             )
             for r in self.reality[i].values()

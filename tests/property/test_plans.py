@@ -8,23 +8,21 @@ from hypothesis import strategies as st
 from sidecar.reconcile import desired, haproxy_text, plans
 from sidecar.reconcile.desired import HaproxySettings
 from sidecar.reconcile.plans import Actual
-from sidecar.state import merge, times, views
-from sidecar.state.model import ClusterState, Port, Service, Status
+from sidecar.state import views
+from sidecar.state.model import Service, Status
+from tests.builders import cluster_state, service
 
-T0 = 1_700_000_000 * times.NANOS_PER_SECOND
 SETTINGS = HaproxySettings(bind_ip="192.168.168.168")
 
 records = st.lists(
     st.builds(
-        lambda host, sid, name, port, service_port, status: Service(
-            id=sid,
+        lambda host, sid, name, port, service_port, status: service(
+            host,
+            sid,
             name=name,
             image="i:1",
-            created=T0,
-            hostname=host,
-            ports=(Port(type="tcp", port=port, service_port=service_port, ip="10.0.0.1"),),
-            updated=T0,
-            proxy_mode="http",
+            ports=((port, service_port),),
+            ip="10.0.0.1",
             status=status,
         ),
         host=st.sampled_from(["h1", "h2", "h3"]),
@@ -39,7 +37,7 @@ records = st.lists(
 
 
 def desired_of(found: list[Service]) -> desired.Desired:
-    state = merge.merge_records(ClusterState(hostname="me"), found, now=T0).state
+    state = cluster_state("me", *found)
     return desired.desired(views.routing_table(state), SETTINGS)
 
 

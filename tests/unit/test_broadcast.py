@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
-from sidecar.state import broadcast, merge, times
-from sidecar.state.model import ClusterState, Port, Service, Status
+from sidecar.state import broadcast, merge
+from sidecar.state.model import ClusterState, Status
+from tests.builders import T0, S, service
 
-S = times.NANOS_PER_SECOND
-T0 = 1_700_000_000 * S
 ME = "me"
 
-
-def observed(sid: str, *, status: Status = Status.ALIVE) -> Service:
-    return Service(
-        id=sid,
-        name="web",
-        image="web:1",
-        created=T0,
-        hostname=ME,
-        ports=(Port(type="tcp", port=32000, service_port=8080, ip="10.0.0.2"),),
-        updated=0,
-        proxy_mode="http",
-        status=status,
-    )
+observed = partial(service, ME, at=0)  # an observation, not yet stamped
 
 
 def run(schedule, state, start, seconds_):

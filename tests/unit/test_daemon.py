@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from functools import partial
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,10 +14,9 @@ from sidecar import config as configuration
 from sidecar.adapters.listeners import service_name
 from sidecar.daemon import Daemon, DaemonFailed
 from sidecar.host import HostObservation
-from sidecar.state import times
-from sidecar.state.model import Port, Service, Status
+from sidecar.state.model import Status
+from tests.builders import T0, service
 
-T0 = 1_700_000_000 * times.NANOS_PER_SECOND
 ENV = {"SIDECAR_DISCOVERY": "static", "HAPROXY_BIND_IP": "127.0.0.9"}
 
 
@@ -25,18 +25,7 @@ def daemon(clock=lambda: T0, **env):
     return Daemon(config, hostname="me", advertise_ip="127.0.0.1", clock=clock)
 
 
-def web(sid="a1", status=Status.ALIVE):
-    return Service(
-        id=sid,
-        name="web",
-        image="web:1",
-        created=T0,
-        hostname="me",
-        ports=(Port(type="tcp", port=30001, service_port=8080, ip="127.0.0.1"),),
-        updated=0,
-        proxy_mode="http",
-        status=status,
-    )
+web = partial(service, "me", ports=((30001, 8080),), ip="127.0.0.1", at=0)
 
 
 def test_sighup_applies_what_can_change_live_and_names_the_rest():
@@ -67,7 +56,7 @@ def test_observations_become_own_records_and_metrics_count_them():
     d = daemon()
 
     async def scenario():
-        d.observe(HostObservation((web("a1"), web("b2", Status.UNHEALTHY)), (), T0))
+        d.observe(HostObservation((web("a1"), web("b2", status=Status.UNHEALTHY)), (), T0))
         return d.metrics()
 
     families = {f.name: f for f in text_string_to_metric_families(asyncio.run(scenario()).decode())}
@@ -127,17 +116,7 @@ def test_rejections_name_what_the_routing_table_left_out(tmp_path):
         HAPROXY_CONFIG_FILE=str(tmp_path / "haproxy.cfg"),
         HAPROXY_MASTER_SOCKET=str(tmp_path / "master.sock"),
     )
-    udp_only = Service(
-        id="u1",
-        name="dns",
-        image="dns:1",
-        created=T0,
-        hostname="me",
-        ports=(Port(type="udp", port=30053, service_port=53, ip="127.0.0.1"),),
-        updated=0,
-        proxy_mode="tcp",
-        status=Status.ALIVE,
-    )
+    udp_only = web("u1", name="dns", ports=((30053, 53),), kind="udp", mode="tcp")
 
     assert d.reconciler is not None
     d.reconciler.addresses = None  # a unit test: no `ip` run (127.0.0.9 needs no binding)

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from sidecar.reconcile import desired
 from sidecar.reconcile.desired import HaproxySettings
-from sidecar.state import merge, times, views
-from sidecar.state.model import ClusterState, Port, Service, Status
+from sidecar.state import merge, views
+from sidecar.state.model import ClusterState
+from tests.builders import T0, cluster_state, service
 
-T0 = 1_700_000_000 * times.NANOS_PER_SECOND
 SETTINGS = HaproxySettings(bind_ip="192.168.168.168")
 
 
@@ -30,21 +30,20 @@ def record(
     mode="http",
     created=T0,
 ):
-    return Service(
-        id=sid,
+    return service(
+        host,
+        sid,
         name=name,
         image=f"{name}:1.0",
+        ports=((port, service_port),),
+        ip=ip,
         created=created,
-        hostname=host,
-        ports=(Port(type="tcp", port=port, service_port=service_port, ip=ip),),
-        updated=T0,
-        proxy_mode=mode,
-        status=Status.ALIVE,
+        mode=mode,
     )
 
 
 def render(*records, settings=SETTINGS):
-    state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
+    state = cluster_state("me", *records)
     return desired.desired(views.routing_table(state), settings)
 
 

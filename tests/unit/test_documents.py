@@ -9,14 +9,13 @@ The routes that serve these bytes are tested in tests/integration/test_http_api.
 from __future__ import annotations
 
 import tracemalloc
+from functools import partial
 
 import pytest
 
-from sidecar.state import documents, merge, times
-from sidecar.state.model import ClusterState, Port, Server, Service, Status
-
-S = times.NANOS_PER_SECOND
-T0 = 1_700_000_000 * S  # 2023-11-14T22:13:20Z
+from sidecar.state import documents, times
+from sidecar.state.model import ClusterState, Server, Service, Status
+from tests.builders import T0, S, cluster_state, service
 
 # ---------------------------------------------------------------- go_indent
 
@@ -59,20 +58,17 @@ def test_go_indent_copies_strings_verbatim() -> None:
 def test_services_json_of_a_thousand_records_needs_little_more_than_its_output() -> None:
     """An API client polling services.json must not cost the daemon 20x the document."""
     records = [
-        Service(
-            id=f"{i:012x}",
+        service(
+            "h1",
+            f"{i:012x}",
             name=f"svc-{i:04d}",
             image="web:1",
-            created=T0,
-            hostname="h1",
-            ports=(Port(type="tcp", port=40000 + i, service_port=20000 + i, ip="10.0.0.1"),),
-            updated=T0,
-            proxy_mode="http",
-            status=Status.ALIVE,
+            ports=((40000 + i, 20000 + i),),
+            ip="10.0.0.1",
         )
         for i in range(1000)
     ]
-    state = merge.merge_records(ClusterState(hostname="h1"), records, now=T0).state
+    state = cluster_state("h1", *records)
     tracemalloc.start()
     try:
         document = documents.services_json(state, {"h1": T0})
@@ -131,64 +127,32 @@ def test_go_indent_refuses_what_it_cannot_tokenize(bad: bytes) -> None:
 # ---------------------------------------------------------------- the documents
 
 
-def _service(
-    sid: str,
-    name: str,
-    host: str,
-    *,
-    updated: int,
-    ports: tuple[Port, ...] | None,
-    status: Status = Status.ALIVE,
-    image: str = "web:1",
-    created: int = T0 - 100 * S,
-    mode: str = "http",
-) -> Service:
-    return Service(
-        id=sid,
-        name=name,
-        image=image,
-        created=created,
-        hostname=host,
-        ports=ports,
-        updated=updated,
-        proxy_mode=mode,
-        status=status,
-    )
+# The records of these documents: image `web:1` whatever their name, created 100 s before T0.
+_service = partial(service, image="web:1", created=T0 - 100 * S)
 
-
-WEB_ALPHA = _service(
-    "aaa111aaa111",
-    "web",
-    "alpha",
-    updated=T0 + 2 * S,
-    ports=(Port(type="tcp", port=32001, service_port=8080, ip="10.0.0.1"),),
-)
+WEB_ALPHA = _service("alpha", "aaa111aaa111", ports=((32001, 8080),), ip="10.0.0.1", at=T0 + 2 * S)
 WEB_BETA = _service(
-    "bbb222bbb222",
-    "web",
-    "beta",
-    updated=T0 + 1_500_000_000,
-    ports=(Port(type="tcp", port=32002, service_port=8080, ip="10.0.0.2"),),
+    "beta", "bbb222bbb222", ports=((32002, 8080),), ip="10.0.0.2", at=T0 + 1_500_000_000
 )
 ODD_ALPHA = _service(
-    "ddd444ddd444",
-    "a<b",
     "alpha",
-    updated=T0 + S // 2,
-    ports=(),
-    status=Status.UNHEALTHY,
+    "ddd444ddd444",
+    name="a<b",
     image="x&y:2",
+    ports=(),
+    at=T0 + S // 2,
+    status=Status.UNHEALTHY,
     mode="tcp",
 )
 ODD_BETA_TOMBSTONE = _service(
-    "ccc333ccc333",
-    "a<b",
     "beta",
-    updated=T0 + 3 * S,
-    ports=None,
-    status=Status.TOMBSTONE,
+    "ccc333ccc333",
+    name="a<b",
     image="x&y:2",
+    ports=None,
+    at=T0 + 3 * S,
     created=times.ZERO_TIME,
+    status=Status.TOMBSTONE,
     mode="tcp",
 )
 
@@ -416,7 +380,7 @@ def test_drained_body_is_gos_indented_message() -> None:
 
 def test_drained_body_quotes_with_q_then_escapes_as_json() -> None:
     """Go formats the message with `%q`, then `json.MarshalIndent` escapes what that wrote."""
-    odd = _service("x&y", 'a<b\t"c', "alpha", updated=T0, ports=())
+    odd = _service("alpha", "x&y", name='a<b\t"c', ports=(), at=T0)
     assert documents.drained_json(odd) == (
         b'{\n  "Message": "Service \\"a\\u003cb\\\\t\\\\\\"c\\" instance \\"x\\u0026y\\" '
         b'set to DRAINING"\n}'

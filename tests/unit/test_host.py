@@ -18,7 +18,8 @@ from sidecar.state.discovery import (
     Observed,
     Rejected,
 )
-from sidecar.state.model import Service, Status
+from sidecar.state.model import Status
+from tests.builders import service as record
 
 POLICY = DiscoveryPolicy(hostname="vm", advertise_ip="127.0.0.1")
 FACTS = ContainerFacts(
@@ -98,15 +99,14 @@ class ScriptedStatic:
         self.fix_it = asyncio.Event()
 
     async def run(self, out: asyncio.Queue) -> None:
-        service = Service(
-            id="0123456789ab",
+        service = record(
+            "vm",
+            "0123456789ab",
             name="static-web",
             image="img",
-            created=0,
-            hostname="vm",
             ports=(),
-            updated=0,
-            proxy_mode="http",
+            at=0,
+            created=0,
             status=Status.UNKNOWN,
         )
         good = (Observed(service, CheckSpec(CheckType.ALWAYS_SUCCESSFUL, "")),)

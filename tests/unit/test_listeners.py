@@ -20,6 +20,7 @@ from sidecar.adapters.listeners import (
 )
 from sidecar.state import codec, times
 from sidecar.state.model import ChangeEvent, ClusterState, Server, Service, Status
+from tests.builders import T0
 
 # The spec's exact service example (sidecar-behaviour.md §1.3).
 SPEC_SERVICE = (
@@ -29,7 +30,6 @@ SPEC_SERVICE = (
     '"Updated":"2023-01-02T03:04:05.6Z","ProxyMode":"http","Status":0}'
 )
 T = times.parse_time("2023-01-02T03:04:05.6Z")
-T0 = 1_700_000_000 * times.NANOS_PER_SECOND
 
 
 def spec_state() -> tuple[ClusterState, ChangeEvent]:

@@ -21,30 +21,19 @@ from sidecar.reconcile.errors import (
     ServerBusy,
 )
 from sidecar.reconcile.loop import Reconciler
-from sidecar.state import merge, times, views
-from sidecar.state.model import ClusterState, Port, Service, Status
+from sidecar.state import views
+from sidecar.state.model import Service
+from tests.builders import cluster_state, service
 
-T0 = 1_700_000_000 * times.NANOS_PER_SECOND
 SETTINGS = HaproxySettings(bind_ip="192.168.168.168")
 
 
 def svc(sid: str, port: int = 30001, service_port: int = 8080) -> Service:
-    return Service(
-        id=sid,
-        name="web",
-        image="web:1",
-        created=T0,
-        hostname="h1",
-        ports=(Port(type="tcp", port=port, service_port=service_port, ip="10.0.0.1"),),
-        updated=T0,
-        proxy_mode="http",
-        status=Status.ALIVE,
-    )
+    return service("h1", sid, ports=((port, service_port),), ip="10.0.0.1")
 
 
 def table(*records: Service):
-    state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
-    return views.routing_table(state)
+    return views.routing_table(cluster_state("me", *records))
 
 
 class ModelHaproxy:

@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-from sidecar.state import merge, node, times
-from sidecar.state.model import ClusterState, Port, Service, Status
+from functools import partial
+from typing import Any
 
-S = times.NANOS_PER_SECOND
-T0 = 1_700_000_000 * S
+from sidecar.state import merge, node
+from sidecar.state.model import ClusterState, Service, Status
+from tests.builders import T0, S, cluster_state, service
+
 ME = "me"
 
 
 def record(
-    *,
-    host: str = "peer",
-    sid: str = "abc123abc123",
-    at: int = T0,
-    status: Status = Status.ALIVE,
-    name: str = "web",
-    port: int = 32000,
+    *, host: str = "peer", sid: str = "abc123abc123", port: int = 32000, **fields: Any
 ) -> Service:
-    return Service(
-        id=sid,
-        name=name,
-        image="web:1",
-        created=T0 - 100 * S,
-        hostname=host,
-        ports=(Port(type="tcp", port=port, service_port=8080, ip="10.0.0.2"),),
-        updated=at,
-        proxy_mode="http",
-        status=status,
-    )
+    """Return a record of image `web:1` whatever its name, created 100 s before T0."""
+    return service(host, sid, image="web:1", ports=((port, 8080),), created=T0 - 100 * S, **fields)
 
 
-def state_with(*records: Service, now: int = T0) -> ClusterState:
-    return merge.merge_records(ClusterState(hostname=ME), records, now=now).state
+state_with = partial(cluster_state, ME)
 
 
 def test_unknown_id_is_stored_with_an_event_from_unknown_and_relayed():

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 from sidecar.state import node
-from sidecar.state.model import Port, Service, Status
+from sidecar.state.model import Status
 from sidecar.state.times import seconds
-
-T0 = 1_700_000_000 * 10**9
+from tests import builders
+from tests.builders import T0
 
 
 def service(sid="a1", *, host="me", status=Status.ALIVE, updated=0):
-    return Service(
-        id=sid,
-        name="web",
-        image="web:1",
-        created=T0,
-        hostname=host,
-        ports=(Port(type="tcp", port=30001, service_port=8080, ip="10.0.0.1"),),
-        updated=updated,
-        proxy_mode="http",
-        status=status,
+    return builders.service(
+        host, sid, ports=((30001, 8080),), ip="10.0.0.1", at=updated, status=status
     )
 
 

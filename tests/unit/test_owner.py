@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from functools import partial
 
 from sidecar.owner import SoloNode, StateOwner
-from sidecar.state.model import ChangeEvent, ClusterState, Port, Service, Status
+from sidecar.state.model import ChangeEvent, ClusterState, Status
 from sidecar.state.times import seconds
+from tests import builders
+from tests.builders import T0
 
-T0 = 1_700_000_000 * 10**9
-
-
-def service(sid: str = "a1", *, host: str = "me", status: Status = Status.ALIVE) -> Service:
-    return Service(
-        id=sid,
-        name="web",
-        image="web:1",
-        created=T0,
-        hostname=host,
-        ports=(Port(type="tcp", port=30001, service_port=8080, ip="10.0.0.1"),),
-        updated=0,
-        proxy_mode="http",
-        status=status,
-    )
+service = partial(builders.service, "me", ports=((30001, 8080),), ip="10.0.0.1", at=0)
 
 
 class Clock:

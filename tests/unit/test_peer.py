@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,8 @@ from sidecar.cluster.messages import (
 )
 from sidecar.cluster.peer import NEWS_FANOUT, Peer, push_pull_scale
 from sidecar.state import codec as records
-from sidecar.state.model import Port, Service, Status
+from sidecar.state.model import Service, Status
+from tests import builders
 
 EPOCH = 1_767_225_600 * SECOND
 T0 = 1_000 * SECOND
@@ -42,20 +44,10 @@ def make(i: int = 1, peers: int = 3, **kwargs: object) -> Peer:
     return Peer(config, random.Random(i), now=T0, members=known, **kwargs)  # type: ignore[arg-type]
 
 
-def service(host: str, sid: str = "abc123", status: Status = Status.ALIVE, **kw: object) -> Service:
-    fields: dict[str, object] = {
-        "id": sid,
-        "name": "web",
-        "image": "web:1",
-        "created": EPOCH,
-        "hostname": host,
-        "ports": (Port(type="tcp", port=32000, service_port=8080, ip="10.0.0.9"),),
-        "updated": EPOCH + SECOND,
-        "proxy_mode": "http",
-        "status": status,
-    }
-    fields.update(kw)
-    return Service(**fields)  # type: ignore[arg-type]
+def service(host: str, sid: str = "abc123", status: Status = Status.ALIVE, **kw: Any) -> Service:
+    return builders.service(
+        host, sid, ip="10.0.0.9", at=EPOCH + SECOND, created=EPOCH, status=status, **kw
+    )
 
 
 def users(data: bytes) -> list[bytes]:

@@ -9,29 +9,18 @@ import pytest
 from sidecar.reconcile import desired, plans
 from sidecar.reconcile.desired import HaproxySettings
 from sidecar.reconcile.plans import Actual
-from sidecar.state import merge, times, views
-from sidecar.state.model import ClusterState, Port, Service, Status
+from sidecar.state import views
+from tests.builders import T0, cluster_state, service
 
-T0 = 1_700_000_000 * times.NANOS_PER_SECOND
 SETTINGS = HaproxySettings(bind_ip="192.168.168.168")
 
 
 def svc(host, sid, port=30001, service_port=8080, ip="10.0.0.1"):
-    return Service(
-        id=sid,
-        name="web",
-        image="web:1",
-        created=T0,
-        hostname=host,
-        ports=(Port(type="tcp", port=port, service_port=service_port, ip=ip),),
-        updated=T0,
-        proxy_mode="http",
-        status=Status.ALIVE,
-    )
+    return service(host, sid, ports=((port, service_port),), ip=ip)
 
 
 def want(*records):
-    state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
+    state = cluster_state("me", *records)
     return desired.desired(views.routing_table(state), SETTINGS)
 
 
@@ -112,7 +101,7 @@ def test_a_new_server_in_a_backend_with_cookies_is_a_reload():
     settings = HaproxySettings(bind_ip="192.168.168.168", template=COOKIE_TEMPLATE)
 
     def with_cookies(*records):
-        state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
+        state = cluster_state("me", *records)
         return desired.desired(views.routing_table(state), settings)
 
     before = plans.apply(Actual(), plans.plan(with_cookies(svc("h1", "a1")), Actual()))
@@ -208,7 +197,7 @@ def test_a_template_that_prints_now_is_not_a_change_every_time():
     settings = HaproxySettings(bind_ip="192.168.168.168", template=NOW_TEMPLATE)
 
     def at(now, *records):
-        state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
+        state = cluster_state("me", *records)
         return desired.desired(views.routing_table(state), settings, now=now)
 
     first = at(T0, svc("h1", "a1"))

@@ -7,30 +7,20 @@ import json
 from sidecar.reconcile import desired, plans, report
 from sidecar.reconcile.desired import HaproxySettings
 from sidecar.reconcile.plans import Actual
-from sidecar.state import merge, times, views
-from sidecar.state.model import ClusterState, Port, Service, Status
+from sidecar.state import views
+from sidecar.state.model import Status
+from tests.builders import T0, cluster_state, service
 
-T0 = 1_700_000_000 * times.NANOS_PER_SECOND
 SETTINGS = HaproxySettings(bind_ip="192.168.168.168")
 CONFIG_FILE = "/etc/haproxy.cfg"
 
 
 def svc(host, sid, *, name="web", port=30001, service_port=8080, ip="10.0.0.1"):
-    return Service(
-        id=sid,
-        name=name,
-        image=f"{name}:1",
-        created=T0,
-        hostname=host,
-        ports=(Port(type="tcp", port=port, service_port=service_port, ip=ip),),
-        updated=T0,
-        proxy_mode="http",
-        status=Status.ALIVE,
-    )
+    return service(host, sid, name=name, ports=((port, service_port),), ip=ip)
 
 
 def routing(*records):
-    state = merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
+    state = cluster_state("me", *records)
     table = views.routing_table(state)
     return table, desired.desired(table, SETTINGS)
 
@@ -180,7 +170,7 @@ def test_served_instances_says_what_haproxy_does_with_each_instance() -> None:
     own = svc("me", "a1")
     other = svc("h2", "b1", name="web.app", port=30002)
     drained = svc("h3", "c1", port=30003).with_status(Status.DRAINING, updated=T0 + 1)
-    state = merge.merge_records(ClusterState(hostname="me"), [own, other, drained], now=T0).state
+    state = cluster_state("me", own, other, drained)
     stats = [
         ("stats_proxy", "localhost", "no check", 0),  # not an instance
         ("web-8080", "me-a1", "no check", 2),  # not checked by HAProxy: it serves it

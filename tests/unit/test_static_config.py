@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.state.discovery import CheckSpec, CheckType, DiscoveryPolicy, Observed, Rejected
-from sidecar.state.model import Port, Service, Status
+from sidecar.state.model import Port, Status
 from sidecar.state.static_config import (
     StaticConfigError,
     keep_created,
@@ -18,9 +19,10 @@ from sidecar.state.static_config import (
     static_id,
 )
 from sidecar.state.views import MAX_NAME_LENGTH
+from tests.builders import T0, service
 
 POLICY = DiscoveryPolicy(hostname="vm", advertise_ip="192.168.1.10")
-NOW = 1_700_000_000_123_456_789
+NOW = T0 + 123_456_789  # with nanoseconds, as a clock gives them
 
 # sidecar-behaviour.md §3.4: fixtures/static.json of the Go Sidecar (current version).
 GO_STATIC = """[
@@ -80,18 +82,17 @@ HTTP_CHECK = CheckSpec(CheckType.HTTP_GET, "http://192.168.1.10:10234/", rise=1,
 HEX12 = re.compile(r"[0-9a-f]{12}")
 
 
-def fixture_service(*, hostname: str, service_id: str) -> Service:
-    return Service(
-        id=service_id,
-        name="some_service",
-        image="bb6268ff91dc42a51f51db53846f72102ed9ff3f",
-        created=NOW,
-        hostname=hostname,
-        ports=(Port(type="tcp", port=10234, service_port=9999, ip="192.168.1.10"),),
-        updated=0,
-        proxy_mode="http",
-        status=Status.UNKNOWN,
-    )
+# The record the Go fixtures describe, as observed at NOW (not yet stamped, its status unknown).
+fixture_service = partial(
+    service,
+    name="some_service",
+    image="bb6268ff91dc42a51f51db53846f72102ed9ff3f",
+    ports=((10234, 9999),),
+    ip="192.168.1.10",
+    at=0,
+    created=NOW,
+    status=Status.UNKNOWN,
+)
 
 
 def only(observed: tuple[Observed, ...]) -> Observed:
@@ -103,7 +104,7 @@ def test_go_fixture_gives_the_expected_observation():
     [observed] = parse_static(GO_STATIC, POLICY, now=NOW)
     assert HEX12.fullmatch(observed.service.id)
     assert observed == Observed(
-        service=fixture_service(hostname="vm", service_id=observed.service.id),
+        service=fixture_service(host="vm", sid=observed.service.id),
         check=HTTP_CHECK,
         listener="http://vm:9999/sidecar/update",
     )
@@ -112,7 +113,7 @@ def test_go_fixture_gives_the_expected_observation():
 def test_hostnamed_fixture_keeps_the_files_hostname_and_has_no_listener():
     [observed] = parse_static(GO_STATIC_HOSTNAMED, POLICY, now=NOW)
     assert observed == Observed(
-        service=fixture_service(hostname="chaucer", service_id=observed.service.id),
+        service=fixture_service(host="chaucer", sid=observed.service.id),
         check=HTTP_CHECK,
         listener=None,
     )
@@ -129,7 +130,7 @@ def test_bytes_and_text_parse_alike():
 def test_old_fixture_unknown_keys_ignored_and_empty_proxy_mode_becomes_http():
     observed = only(parse_static(GO_STATIC_OLD, POLICY, now=NOW))
     assert observed.service.proxy_mode == "http"
-    assert observed.service == fixture_service(hostname="vm", service_id=observed.service.id)
+    assert observed.service == fixture_service(host="vm", sid=observed.service.id)
 
 
 def test_keys_match_case_insensitively_and_the_last_one_wins():

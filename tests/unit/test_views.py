@@ -4,44 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from functools import partial
 
 import pytest
 
-from sidecar.state import merge, times, views
-from sidecar.state.model import ClusterState, Port, Service, Status
+from sidecar.state import merge, views
+from sidecar.state.model import Status
+from tests.builders import T0, S, cluster_state
+from tests.builders import service as record
 
-S = times.NANOS_PER_SECOND
-T0 = 1_700_000_000 * S
-
-
-def record(
-    host: str,
-    sid: str,
-    *,
-    name: str = "web",
-    ports: tuple[tuple[int, int], ...] = ((32000, 8080),),
-    at: int = T0,
-    created: int = T0,
-    status: Status = Status.ALIVE,
-    mode: str = "http",
-    ip: str = "10.0.0.2",
-    kind: str = "tcp",
-) -> Service:
-    return Service(
-        id=sid,
-        name=name,
-        image=f"{name}:1",
-        created=created,
-        hostname=host,
-        ports=tuple(Port(type=kind, port=p, service_port=sp, ip=ip) for p, sp in ports),
-        updated=at,
-        proxy_mode=mode,
-        status=status,
-    )
-
-
-def state_of(*records: Service) -> ClusterState:
-    return merge.merge_records(ClusterState(hostname="me"), records, now=T0).state
+state_of = partial(cluster_state, "me")
 
 
 def served(table: views.RoutingTable) -> dict[tuple[str, int], list[str]]:
@@ -183,7 +155,7 @@ def test_a_hosts_services_come_least_recently_updated_first_as_gos_sorted_servic
     # IDs in the reverse order of their updates: ID order would put them the other way.
     records = [record("h1", f"id-{9 - i}", at=T0 + i * S) for i in range(5)]
     tie = record("h1", "id-0", at=T0 + 2 * S)  # the same `updated` as id-7: by ID then
-    state = merge.merge_records(ClusterState(hostname="h1"), [*records, tie], now=T0).state
+    state = cluster_state("h1", *records, tie)
     expected = ["id-9", "id-8", "id-0", "id-7", "id-6", "id-5"]
     assert [r.id for r in state.servers["h1"].services()] == expected
     assert [r.id for r in state.own_records()] == expected
