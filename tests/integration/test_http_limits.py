@@ -24,7 +24,8 @@ import pytest
 from sidecar.adapters import http
 from sidecar.state import merge
 from sidecar.state.model import Status
-from tests.integration.test_http_api import ME, OWN_WEB, T0, MemoryCatalog, initial_state
+from tests.builders import T0
+from tests.integration.test_http_api import ME, OWN_WEB, MemoryCatalog, initial_state
 
 SCENARIO_TIMEOUT = 60.0
 DEADLINE = 0.5  # the head (or body) deadline the tests give the server
