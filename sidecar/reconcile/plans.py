@@ -81,58 +81,63 @@ def _line(what: str, reason: str) -> str:
     return f"{what}  ({reason})"
 
 
+class _Step:
+    """What every action has: its `kind` and `reason`, and `describe()` built from
+    `subject()` (the kind alone, unless the action says more)."""
+
+    __slots__ = ()
+    kind: ClassVar[str]
+    reason: str
+
+    def subject(self) -> str:
+        """Return what the action acts on, as `describe()` names it."""
+        return self.kind
+
+    def describe(self) -> str:
+        """Return the action as one line a person reads: what, then why."""
+        return _line(self.subject(), self.reason)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Bind:
+class Bind(_Step):
     """Add `address` to the bind interface (HAProxy binds it)."""
 
     kind: ClassVar[str] = "bind"
     address: str
     reason: str
 
-    def describe(self) -> str:
-        """Return the action as one line a person reads: what, then why."""
-        return _line(f"bind {self.address}", self.reason)
+    def subject(self) -> str:
+        """Return what the action acts on, as `describe()` names it."""
+        return f"bind {self.address}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Write:
+class Write(_Step):
     """Write `config` to the config file (validated first; a reload or start loads it)."""
 
     kind: ClassVar[str] = "write"
     config: str
     reason: str
 
-    def describe(self) -> str:
-        """Return the action as one line a person reads: what, then why."""
-        return _line(self.kind, self.reason)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Start:
+class Start(_Step):
     """Start HAProxy from the config file."""
 
     kind: ClassVar[str] = "start"
     reason: str
 
-    def describe(self) -> str:
-        """Return the action as one line a person reads: what, then why."""
-        return _line(self.kind, self.reason)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Reload:
+class Reload(_Step):
     """Reload HAProxy from the config file (seamless)."""
 
     kind: ClassVar[str] = "reload"
     reason: str
 
-    def describe(self) -> str:
-        """Return the action as one line a person reads: what, then why."""
-        return _line(self.kind, self.reason)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DelServer:
+class DelServer(_Step):
     """Delete a server through the runtime API (in maintenance first)."""
 
     kind: ClassVar[str] = "del-server"
@@ -140,13 +145,13 @@ class DelServer:
     server: str
     reason: str
 
-    def describe(self) -> str:
-        """Return the action as one line a person reads: what, then why."""
-        return _line(f"{self.kind} {self.backend}/{self.server}", self.reason)
+    def subject(self) -> str:
+        """Return what the action acts on, as `describe()` names it."""
+        return f"{self.kind} {self.backend}/{self.server}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AddServer:
+class AddServer(_Step):
     """Add a server through the runtime API, with the `add server` keywords `options`, and
     enable it."""
 
@@ -158,16 +163,14 @@ class AddServer:
     options: tuple[str, ...] = ()
     reason: str
 
-    def describe(self) -> str:
-        """Return the action as one line a person reads: what, then why."""
+    def subject(self) -> str:
+        """Return what the action acts on, as `describe()` names it."""
         what = f"{self.kind} {self.backend}/{self.server} {self.address}:{self.port}"
-        if self.options:
-            what += " " + " ".join(self.options)
-        return _line(what, self.reason)
+        return " ".join((what, *self.options))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EnableServer:
+class EnableServer(_Step):
     """Take a server out of maintenance through the runtime API."""
 
     kind: ClassVar[str] = "enable-server"
@@ -175,13 +178,13 @@ class EnableServer:
     server: str
     reason: str
 
-    def describe(self) -> str:
-        """Return the action as one line a person reads: what, then why."""
-        return _line(f"{self.kind} {self.backend}/{self.server}", self.reason)
+    def subject(self) -> str:
+        """Return what the action acts on, as `describe()` names it."""
+        return f"{self.kind} {self.backend}/{self.server}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SetServerAddr:
+class SetServerAddr(_Step):
     """Point a server at a new address and port through the runtime API."""
 
     kind: ClassVar[str] = "set-server-addr"
@@ -191,11 +194,9 @@ class SetServerAddr:
     port: int
     reason: str
 
-    def describe(self) -> str:
-        """Return the action as one line a person reads: what, then why."""
-        return _line(
-            f"{self.kind} {self.backend}/{self.server} {self.address}:{self.port}", self.reason
-        )
+    def subject(self) -> str:
+        """Return what the action acts on, as `describe()` names it."""
+        return f"{self.kind} {self.backend}/{self.server} {self.address}:{self.port}"
 
 
 Action: TypeAlias = (
