@@ -271,10 +271,15 @@ def plan(desired: Desired, actual: Actual) -> tuple[Action, ...]:
 
 def _server_actions(wanted: Mapping[str, Mapping[str, ServerSpec]], actual: Actual) -> list[Action]:
     actions: list[Action] = []
+    leaving: list[Action] = []
     for backend, servers in wanted.items():
         running = actual.servers.get(backend, {})
-        for name in sorted(set(running) - set(servers)):
-            actions.append(DelServer(backend=backend, server=name, reason=f"{name} left {backend}"))
+        # Deleted last: a backend whose instance is replaced is never left without one
+        # while the old one's requests drain.
+        leaving.extend(
+            DelServer(backend=backend, server=name, reason=f"{name} left {backend}")
+            for name in sorted(set(running) - set(servers))
+        )
         for name in sorted(servers):
             spec = servers[name]
             address, port, _ = spec
@@ -308,7 +313,7 @@ def _server_actions(wanted: Mapping[str, Mapping[str, ServerSpec]], actual: Actu
                         reason=f"{name} is in maintenance but serves {backend}",
                     )
                 )
-    return actions
+    return actions + leaving
 
 
 def apply(actual: Actual, actions: tuple[Action, ...]) -> Actual:

@@ -253,6 +253,53 @@ def test_a_server_with_a_request_in_flight_is_drained_then_deleted(
     asyncio.run(scenario())
 
 
+def test_a_replaced_instance_leaves_its_backend_with_a_server_at_every_moment(
+    haproxy_site, backend, spawn, loopback, tmp_path
+):
+    """The old instance drains (a request in flight) while its replacement comes in, in one
+    apply: the new server is added before the old one goes into maintenance, so the backend
+    is never without a server taking requests (deleting first left it with none for the
+    drain timeout: every request then got a 503)."""
+    options, settings = haproxy_site
+    a = backend("h1", "a1")
+    ip = loopback.address()
+    slow = Backend("h9", "s9", ip, loopback.port(ip))
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_SERVER)
+    spawn.start([sys.executable, str(script), ip, str(slow.port), "2.5"], name="slow")
+    url = f"http://{settings.bind_ip}:8080/"
+
+    async def scenario():
+        async with reconciling(options, settings) as (haproxy, reconciler):
+            await apply(reconciler, slow)
+            request = threading.Thread(target=lambda: http_request(url))
+            request.start()
+            await asyncio.sleep(0.5)  # the request is now waiting on the slow instance
+            taking: list[int] = []  # servers of web-8080 not in maintenance, polled
+
+            async def poll() -> None:
+                while True:
+                    stats = await haproxy.server_stats()
+                    taking.append(
+                        sum(1 for s in stats if s.backend == "web-8080" and s.status != "MAINT")
+                    )
+                    await asyncio.sleep(0.005)
+
+            poller = asyncio.create_task(poll())
+            outcome = await apply(reconciler, a)
+            await asyncio.sleep(0.1)
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            await asyncio.to_thread(request.join, 10)
+            return outcome, taking
+
+    outcome, taking = asyncio.run(scenario())
+    assert "in flight" in outcome.deferred, outcome  # the old one was still draining
+    assert len(taking) >= 20, taking  # looked at throughout the apply
+    assert min(taking) >= 1, taking
+
+
 def test_a_second_adapter_adopts_the_running_master(haproxy_site, backend):
     options, settings = haproxy_site
     a = backend("h1", "a1")

@@ -56,6 +56,13 @@ def test_a_removed_instance_is_a_runtime_delete():
     assert kinds(actions) == [("del-server", "h2-b2"), ("write", "")]
 
 
+def test_a_replaced_instance_is_added_before_the_old_one_is_deleted():
+    # The deletion waits for the old one's requests in flight: the backend must have the
+    # new server meanwhile (make before break).
+    actions = plans.plan(want(svc("h1", "new", port=30002)), running(svc("h1", "old")))
+    assert kinds(actions) == [("add-server", "h1-new"), ("del-server", "h1-old"), ("write", "")]
+
+
 def test_a_moved_instance_is_a_runtime_address_change():
     actions = plans.plan(want(svc("h1", "a1", port=30009)), running(svc("h1", "a1")))
     assert kinds(actions) == [("set-server-addr", "h1-a1"), ("write", "")]
