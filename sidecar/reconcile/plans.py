@@ -7,8 +7,9 @@ each with a human reason:
 
 * a change that only adds, removes or moves servers is done through the runtime API
   (`add server` + `enable server`, `set server ... state maint` + `del server`, `set server
-  ... addr`),
-  and the config file is rewritten to match so a later reload agrees — no reload;
+  ... addr`), the leaving servers last (make before break: a replaced instance's backend
+  always has a server while the old one drains), and the config file is rewritten to match
+  so a later reload agrees — no reload;
 * any other change (frontends, backends, modes, globals, a server's options) writes the
   config and reloads once. So does adding a server to a backend that declares `cookie`:
   HAProxy 2.6 refuses `cookie` on a server added at runtime, and without it stickiness would
