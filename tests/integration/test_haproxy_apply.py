@@ -209,16 +209,23 @@ HTTPServer((sys.argv[1], int(sys.argv[2])), Slow).serve_forever()
 """
 
 
-def test_a_server_with_a_request_in_flight_is_drained_then_deleted(
-    haproxy_site, backend, spawn, loopback, tmp_path
-):
-    options, settings = haproxy_site
-    a = backend("h1", "a1")
+def slow_backend(spawn, loopback, tmp_path) -> Backend:
+    """Return instance h9/s9: an HTTP server on a fresh 127.0.0.x that takes 2.5 s to answer
+    each request, one at a time."""
     ip = loopback.address()
     slow = Backend("h9", "s9", ip, loopback.port(ip))
     script = tmp_path / "slow.py"
     script.write_text(SLOW_SERVER)
     spawn.start([sys.executable, str(script), ip, str(slow.port), "2.5"], name="slow")
+    return slow
+
+
+def test_a_server_with_a_request_in_flight_is_drained_then_deleted(
+    haproxy_site, backend, spawn, loopback, tmp_path
+):
+    options, settings = haproxy_site
+    a = backend("h1", "a1")
+    slow = slow_backend(spawn, loopback, tmp_path)
     url = f"http://{settings.bind_ip}:8080/"
 
     async def scenario():
@@ -262,11 +269,7 @@ def test_a_replaced_instance_leaves_its_backend_with_a_server_at_every_moment(
     drain timeout: every request then got a 503)."""
     options, settings = haproxy_site
     a = backend("h1", "a1")
-    ip = loopback.address()
-    slow = Backend("h9", "s9", ip, loopback.port(ip))
-    script = tmp_path / "slow.py"
-    script.write_text(SLOW_SERVER)
-    spawn.start([sys.executable, str(script), ip, str(slow.port), "2.5"], name="slow")
+    slow = slow_backend(spawn, loopback, tmp_path)
     url = f"http://{settings.bind_ip}:8080/"
 
     async def scenario():
