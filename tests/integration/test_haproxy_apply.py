@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ import pytest
 from sidecar.adapters.haproxy import Haproxy
 from sidecar.reconcile.haproxy_answers import parse_servers_state
 
-from .conftest import http_request
+from .conftest import http_request, wait_for
 from .haproxy_kit import Backend, apply, master, reconciling, served_by, table
 
 pytestmark = pytest.mark.haproxy
@@ -217,7 +218,14 @@ def slow_backend(spawn, loopback, tmp_path) -> Backend:
     script = tmp_path / "slow.py"
     script.write_text(SLOW_SERVER)
     spawn.start([sys.executable, str(script), ip, str(slow.port), "2.5"], name="slow")
+    wait_for(lambda: listening(ip, slow.port), what="the slow instance listening")
     return slow
+
+
+def listening(ip: str, port: int) -> bool:
+    """Whether something accepts TCP connections on ip:port (OSError while nothing does)."""
+    with socket.create_connection((ip, port), timeout=2):
+        return True
 
 
 def test_a_server_with_a_request_in_flight_is_drained_then_deleted(
