@@ -205,6 +205,10 @@ def test_the_image_discovers_the_seeds_example_and_serves_it_through_haproxy(
     # HAProxy, in the container, serves both ports on the bind IP.
     wait_for(lambda: served(sidecar, 8080), what="HAProxy serving 8080", timeout=30)
     wait_for(lambda: served(sidecar, 8443), what="HAProxy serving 8443", timeout=30)
+    # The web UI is in the image (package data): the page and its script.
+    page = http_request(f"{sidecar.api}/ui/", timeout=5.0)
+    assert (page.status, page.headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+    assert http_request(f"{sidecar.api}/ui/app.js", timeout=5.0).status == 200
 
 
 def test_docker_stop_exits_0_within_the_bound_and_leaves_haproxys_config_whole(
