@@ -53,6 +53,9 @@ TICK = 1.0  # seconds between re-stamps and expiry runs, as Go's loops
 # the start: a restarted daemon must not take from the HAProxy it finds serving what it has
 # not looked at yet (its own services before their first check, its peers' before the join).
 WARMUP_LIMIT = 10.0
+# What HAProxy does with each instance (`show stat`, for the UI) is looked at no more often
+# than this for the same state: every open page asks every second.
+HAPROXY_VIEW_TTL = 0.9
 
 
 class DaemonFailed(RuntimeError):
@@ -80,6 +83,7 @@ class Daemon:
         self.advertise_ip = advertise_ip
         self._rejected: tuple[Rejected, ...] = ()
         self._following = False  # whether HAProxy follows the state yet (see WARMUP_LIMIT)
+        self._haproxy_seen: tuple[float, ClusterState, Mapping[str, Any]] | None = None
         self._settled = asyncio.Event()  # host discovery has settled
         self._joined = asyncio.Event()  # this host has joined its cluster (or has none)
         self._static_error: str | None = None  # why the static file is not used, if it is not
@@ -277,13 +281,22 @@ class Daemon:
         }
 
     async def _haproxy_view(self) -> Mapping[str, Any] | None:
+        """Return what HAProxy does with each instance; looked at once per HAPROXY_VIEW_TTL
+        for the same state, however many pages ask."""
         if self.haproxy is None:
             return None
+        state, now = self.state(), time.monotonic()
+        seen = self._haproxy_seen
+        if seen is not None and seen[1] is state and now - seen[0] < HAPROXY_VIEW_TTL:
+            return seen[2]
         try:
             stats = await self.haproxy.server_stats()
         except (RuntimeRefused, ValueError) as exc:
-            return {"error": str(exc), "servers": []}
-        return {"error": None, "servers": report.served_instances(stats, self.state())}
+            view: Mapping[str, Any] = {"error": str(exc), "servers": []}
+        else:
+            view = {"error": None, "servers": report.served_instances(stats, state)}
+        self._haproxy_seen = (now, state, view)
+        return view
 
     def health(self) -> tuple[bool, Mapping[str, Any]]:
         """Return whether this sidecar does its job — discovery runs, and HAProxy (when

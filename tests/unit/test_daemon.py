@@ -219,3 +219,37 @@ def test_the_daemon_feeds_every_listener_and_shows_them_in_metrics():
     assert drops[(mine, "failed")] == 0
     for family in ("sidecar_listener_deliveries", "sidecar_listener_retries"):
         assert {s.labels["listener"] for s in families[family].samples} == set(queued)
+
+
+class CountedStats:
+    """Stands in for the HAProxy adapter's `server_stats`: counts the looks, says the server
+    of own instance a1 is UP."""
+
+    def __init__(self) -> None:
+        self.looks = 0
+
+    async def server_stats(self):
+        self.looks += 1
+        return [("web-8080", "me-a1", "no check", 0)]
+
+
+def test_the_ui_looks_at_haproxy_once_for_many_pages_and_again_after_a_change():
+    d = daemon(clock=time.time_ns)
+    stats = CountedStats()
+    d.haproxy = stats  # a unit test: no HAProxy runs
+
+    async def scenario():
+        d.observe(HostObservation((web("a1"),), (), T0))
+        views = [await d.local_view() for _ in range(5)]  # five pages asking at once
+        looks_then = stats.looks
+        d.observe(HostObservation((web("a1"), web("b2")), (), T0))  # a new state
+        after = await d.local_view()
+        return views, looks_then, after
+
+    views, looks_then, after = asyncio.run(scenario())
+    assert looks_then == 1
+    assert stats.looks == 2
+    servers = views[0]["haproxy"]["servers"]
+    assert [(s["id"], s["status"]) for s in servers] == [("a1", "UP")]
+    assert all(v["haproxy"] == views[0]["haproxy"] for v in views)
+    assert after["haproxy"]["servers"] == servers
