@@ -174,12 +174,16 @@ class Loopback:
         self._rng = random.Random()
 
     def address(self, ports: Sequence[int] = ()) -> str:
-        """A fresh 127.0.N.x (x in 2..254) on which every port in `ports` is free (TCP, UDP)."""
+        """A fresh 127.0.N.x (x in 2..254) on which nothing listens (TCP) and every port in
+        `ports` is free (TCP, UDP). Nothing listening: a process another run left behind
+        there (an HAProxy left serving) would share a port with this test's (HAProxy binds
+        with SO_REUSEPORT) and answer some of its requests."""
+        listening = listening_addresses()
         for subnet in range(self.SUBNETS):
             candidates = [f"127.0.{subnet}.{x}" for x in range(2, 255)]
             self._rng.shuffle(candidates)
             for addr in candidates:
-                if addr in self._given:
+                if addr in self._given or addr in listening:
                     continue
                 if all(port_is_free(addr, port) for port in ports):
                     self._given.add(addr)
@@ -191,6 +195,19 @@ class Loopback:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
             return int(sock.getsockname()[1])
+
+
+def listening_addresses() -> frozenset[str]:
+    """Return the IPv4 addresses with a TCP socket listening on them now (/proc/net/tcp)."""
+    found = set()
+    with open("/proc/net/tcp") as table:
+        next(table)  # the column titles
+        for line in table:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A":  # LISTEN
+                packed = bytes.fromhex(local.split(":")[0])[::-1]  # little-endian
+                found.add(socket.inet_ntoa(packed))
+    return frozenset(found)
 
 
 def port_is_free(host: str, port: int) -> bool:

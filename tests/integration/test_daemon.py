@@ -394,6 +394,7 @@ def test_a_restarted_daemon_keeps_haproxy_serving_until_it_has_looked(
         SIDECAR_EXTERNAL_CHECKS="true",
     )
     pid_file = tmp_path / "haproxy" / "haproxy.pid"
+    second = None
     try:
         first = start(spawn, env, name="first")
         wait_for(lambda: http_request(api_url(env, "/healthz")).status == 200, what="/healthz")
@@ -414,7 +415,7 @@ def test_a_restarted_daemon_keeps_haproxy_serving_until_it_has_looked(
         assert first.wait(timeout=10) == 0
         assert served_by(url, 1) == {sid}  # left serving (haproxy.stop_on_exit is off)
 
-        start(spawn, env, name="second")
+        second = start(spawn, env, name="second")
         failures, alive_at, requests = [], None, 0
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -436,5 +437,8 @@ def test_a_restarted_daemon_keeps_haproxy_serving_until_it_has_looked(
         assert failures == [], f"{len(failures)} of {requests} requests failed: {failures[:5]}"
         assert "HAProxy follows the state from now" in spawn.log("second")
     finally:
+        # The daemon first (it would start HAProxy again), then the HAProxy it left serving.
+        if second is not None:
+            spawn.stop(second)
         with contextlib.suppress(OSError, ValueError):
             os.killpg(int(pid_file.read_text().split()[0]), signal.SIGKILL)

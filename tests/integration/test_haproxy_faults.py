@@ -9,6 +9,7 @@ seen quickly; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -313,11 +314,19 @@ def test_a_master_that_reloads_after_its_stop_is_stopped_again(haproxy_site, bac
         return pid, held, stopped
 
     pid, held, stopped = asyncio.run(scenario())
-    with held:
-        assert not stopped  # the old worker still has the request in flight
-        assert refused(settings.bind_ip, 8080)  # but nothing takes new connections any more
-    # The held connection is closed: the old worker exits, and so does the master.
-    wait_for(lambda: not alive(pid), what="HAProxy gone after the second stop", timeout=20)
+    try:
+        with held:
+            assert not stopped  # the old worker still has the request in flight
+            wait_for(
+                lambda: refused(settings.bind_ip, 8080),
+                what="nothing taking new connections any more",
+                timeout=10,
+            )
+        # The held connection is closed: the old worker exits, and so does the master.
+        wait_for(lambda: not alive(pid), what="HAProxy gone after the second stop", timeout=20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # a stop that did not work leaves nothing behind
 
 
 def refused(host: str, port: int) -> bool:
