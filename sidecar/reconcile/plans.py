@@ -138,10 +138,9 @@ class Reload(_Step):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DelServer(_Step):
-    """Delete a server through the runtime API (in maintenance first)."""
+class _ServerStep(_Step):
+    """What every runtime action on one server has: the backend and the server."""
 
-    kind: ClassVar[str] = "del-server"
     backend: str
     server: str
     reason: str
@@ -152,52 +151,46 @@ class DelServer(_Step):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AddServer(_Step):
+class DelServer(_ServerStep):
+    """Delete a server through the runtime API (in maintenance first)."""
+
+    kind: ClassVar[str] = "del-server"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddServer(_ServerStep):
     """Add a server through the runtime API, with the `add server` keywords `options`, and
     enable it."""
 
     kind: ClassVar[str] = "add-server"
-    backend: str
-    server: str
     address: str
     port: int
     options: tuple[str, ...] = ()
-    reason: str
 
     def subject(self) -> str:
         """Return what the action acts on, as `describe()` names it."""
-        what = f"{self.kind} {self.backend}/{self.server} {self.address}:{self.port}"
+        what = f"{_ServerStep.subject(self)} {self.address}:{self.port}"
         return " ".join((what, *self.options))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EnableServer(_Step):
+class EnableServer(_ServerStep):
     """Take a server out of maintenance through the runtime API."""
 
     kind: ClassVar[str] = "enable-server"
-    backend: str
-    server: str
-    reason: str
-
-    def subject(self) -> str:
-        """Return what the action acts on, as `describe()` names it."""
-        return f"{self.kind} {self.backend}/{self.server}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SetServerAddr(_Step):
+class SetServerAddr(_ServerStep):
     """Point a server at a new address and port through the runtime API."""
 
     kind: ClassVar[str] = "set-server-addr"
-    backend: str
-    server: str
     address: str
     port: int
-    reason: str
 
     def subject(self) -> str:
         """Return what the action acts on, as `describe()` names it."""
-        return f"{self.kind} {self.backend}/{self.server} {self.address}:{self.port}"
+        return f"{_ServerStep.subject(self)} {self.address}:{self.port}"
 
 
 Action: TypeAlias = (
