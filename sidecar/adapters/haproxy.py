@@ -160,6 +160,17 @@ class _Child:
         self.said.set()
 
 
+async def _said_or_after(child: _Child | None, seconds: float) -> None:
+    """Return when `child`'s master says something of note, or after `seconds`."""
+    if child is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await child.said.wait()
+    child.said.clear()
+
+
 class Haproxy:
     """This host's HAProxy, managed or external (see the module docstring)."""
 
@@ -400,11 +411,16 @@ class Haproxy:
         if before is None:
             raise ProcessFailed("cannot reload: the HAProxy master does not answer")
         self._last_words.clear()
+        child = self._child  # None for a master adopted at start: its words are not heard
+        if child is not None:
+            child.said.clear()
         with contextlib.suppress(OSError, TimeoutError):
             await cli(self.options.master_socket, "reload")
         deadline = asyncio.get_running_loop().time() + RELOAD_TIMEOUT
         while asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+            # The master's "Loading success" (or failure) ends the wait at once; `show proc`
+            # every 50 ms is the fallback for a master this adapter does not hear.
+            await _said_or_after(child, 0.05)
             info = await self.proc_info()
             if info is None or info.reloads <= before.reloads:
                 continue

@@ -241,7 +241,7 @@ class HaproxySection(BaseModel):
     release_ip: StrictBool = True
     stop_on_exit: StrictBool = False
     apply: StrictBool = True
-    debounce_min: Annotated[Duration, AfterValidator(_not_negative)] = 0.05
+    debounce_min: Annotated[Duration, AfterValidator(_not_negative)] = 0.02
     debounce_max: Annotated[Duration, AfterValidator(_not_negative)] = 1.0
     stats_port: Port = 3212
     stats_backend_port: Port = 32012

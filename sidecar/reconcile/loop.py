@@ -141,7 +141,7 @@ class Reconciler:
         settings: HaproxySettings,
         *,
         apply: bool = True,
-        min_wait: float = 0.05,
+        min_wait: float = 0.02,
         max_wait: float = 1.0,
         resync: float = 10.0,
         config_file: str = "",

@@ -52,7 +52,7 @@ GO_DEFAULTS = {
     "haproxy.release_ip": True,
     "haproxy.stop_on_exit": False,
     "haproxy.apply": True,
-    "haproxy.debounce_min": 0.05,
+    "haproxy.debounce_min": 0.02,
     "haproxy.debounce_max": 1.0,
     "haproxy.stats_port": 3212,
     "haproxy.stats_backend_port": 32012,
@@ -752,7 +752,7 @@ def test_describe_says_where_each_value_came_from(in_tmp):
     assert 'haproxy.user = "proxy" (from sidecar.toml)' in lines
     assert 'sidecar.seeds = ["10.0.0.1", "10.0.0.2:7946"] (from --cluster-ip)' in lines
     assert 'haproxy.debounce_max = "2s" (from HAPROXY_DEBOUNCE_MAX)' in lines
-    assert 'haproxy.debounce_min = "50ms" (default)' in lines
+    assert 'haproxy.debounce_min = "20ms" (default)' in lines
     assert "haproxy.release_ip = true (default)" in lines
     assert "sidecar.bind_port = 7946 (default)" in lines
 
