@@ -403,11 +403,16 @@ class GossipTransport:
         return sum(results)
 
     async def _resolve(self, seeds: Sequence[tuple[str, int]]) -> tuple[list[Address], list[str]]:
-        """Return the seeds' IPv4 addresses other than this host's, and why others failed."""
+        """Return the seeds' IPv4 addresses other than this host's, and why others failed.
+
+        This host's are its advertise and bind addresses and, when it advertises one that is
+        not loopback, a loopback address at its port: the seed README's `SIDECAR_SEEDS=127.0.0.1`
+        names the host itself (Go, bound to every address, joins itself there)."""
         loop = asyncio.get_running_loop()
         own = {self.address}
         if self._bind_host not in ANY_HOST:
             own.add(ipv4_address(self._bind_host, self.port))
+        loopback_is_own = self.address.ip[0] != 127  # 127.0.0.0/8
         targets: list[Address] = []
         failures: list[str] = []
         for host, port in seeds:
@@ -421,7 +426,8 @@ class GossipTransport:
                 continue
             for info in infos:
                 address = ipv4_address(str(info[4][0]), port)
-                if address not in own and address not in targets:
+                itself = loopback_is_own and address.port == self.port and address.ip[0] == 127
+                if not itself and address not in own and address not in targets:
                     targets.append(address)
         return targets, failures
 

@@ -97,13 +97,25 @@ class Nodes:
         """Return a fresh loopback address with the nodes' port free."""
         return self._loopback.address(ports=[self.port])
 
+    def other_port(self) -> int:
+        """Return a free port other than the nodes'."""
+        return self._loopback.port()
+
     async def start(
-        self, name: str, *, ip: str | None = None, cluster: str = "default", **options: Any
+        self,
+        name: str,
+        *,
+        ip: str | None = None,
+        advertise: str | None = None,
+        cluster: str = "default",
+        **options: Any,
     ) -> Node:
+        """Start a node bound to `ip` (a fresh loopback address by default), advertising
+        `advertise` (default: `ip`)."""
         ip = ip or self.address()
         config = Config(
             name=name,
-            addr=socket.inet_aton(ip),
+            addr=socket.inet_aton(advertise or ip),
             port=self.port,
             cluster_name=cluster,
             meta=META,
@@ -271,6 +283,28 @@ def test_joining_is_retried_until_a_seed_answers_and_a_lone_seed_of_our_own_is_n
             joining.cancel()
         assert b.states() == {"a": NodeState.ALIVE, "b": NodeState.ALIVE}
         await eventually(lambda: "b" in a.states(), "a merged b's join", within=SPREAD)
+
+    run(loopback, scenario)
+
+
+def test_a_loopback_seed_at_our_port_is_this_host_when_it_advertises_another_address(
+    loopback: Loopback,
+) -> None:
+    """The seed README's container runs with `--net=host` and `SIDECAR_SEEDS=127.0.0.1`: the
+    host itself (Go, bound to every address, joins itself there), a cluster of one at once —
+    not a seed that never answers, retried for good."""
+
+    async def scenario(nodes: Nodes) -> None:
+        # As the host's own IP would be; only advertised, nothing is ever sent to it.
+        b = await nodes.start("b", advertise="10.99.0.7")
+        async with asyncio.timeout(SPREAD):
+            for seed in ("127.0.0.1", "localhost", "127.0.0.9"):
+                assert await b.transport.join_until_answered([(seed, nodes.port)]) == 0, seed
+        assert b.transport.stats.push_pulls_failed == 0
+        # At another port, a loopback seed may be another daemon of this host: it is tried.
+        elsewhere = nodes.other_port()
+        assert await b.transport.join([("127.0.0.1", elsewhere)]) == 0
+        assert b.transport.stats.push_pulls_failed == 1
 
     run(loopback, scenario)
 
