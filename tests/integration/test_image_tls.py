@@ -140,6 +140,9 @@ def test_the_image_discovers_over_tls_without_the_socket(
     text = logs(sidecar)
     assert f"added {HAPROXY_IP}/32 to lo" in text, text
     assert "Docker Engine unreachable" not in text, text
+    # docker/run's seed, 127.0.0.1, is this host: a cluster of one at once, no join retried.
+    assert "no seed but this host: a cluster of one" in text, text
+    assert "could not join" not in text, text
 
 
 @pytest.mark.parametrize(
