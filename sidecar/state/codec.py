@@ -11,10 +11,17 @@ wins), unknown keys ignored, missing keys and `null` as zero values, invalid UTF
 U+FFFD. Anything Go would refuse (a string where a number belongs, a fractional or out-of-range
 integer, a malformed time) raises `RecordRejected`, which is the only error decoding raises;
 so does a status outside 0..4, which Go would store and we do not.
+
+A service document as Go and this node write it (the nine keys spelled exactly, ASCII
+strings, integers in range, valid times) takes a fast path that checks each value's type
+itself and builds the record without pydantic; anything else takes the validating path, so
+every refusal and its text come from one place (a property test pins that both paths build
+the same record).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -24,6 +31,8 @@ import pydantic
 
 from sidecar.state import times
 from sidecar.state.model import (
+    INT64_MAX,
+    INT64_MIN,
     ChangeEvent,
     ClusterState,
     Port,
@@ -257,10 +266,136 @@ def decode_service(raw: bytes | str) -> Service:
 
     Raises RecordRejected, naming the field and value, for input Go would refuse.
     """
+    obj = _loads(raw)
+    record = _well_formed_service(obj)
+    if record is not None:
+        return record
+    return _validated_service(obj)
+
+
+def _validated_service(obj: object) -> Service:
+    """Return the record of a parsed service document by the full validating path."""
     try:
-        return _service_from_object(_loads(raw))
+        return _service_from_object(obj)
     except pydantic.ValidationError as exc:
         raise RecordRejected(_first_error(exc)) from None
+
+
+# The fast path. It accepts a strict subset of what the validating path accepts, and for
+# that subset it checks what the models' strict schema checks (exact `str`, exact `int`,
+# ports' Int64 range, a `Status`, a tuple of `Port`), so the record is the one pydantic
+# would build; it returns None for anything else, never raises.
+_GO_SERVICE_KEYS: Final = frozenset(
+    ("ID", "Name", "Image", "Created", "Hostname", "Ports", "Updated", "ProxyMode", "Status")
+)
+_GO_PORT_KEYS: Final = frozenset(("Type", "Port", "ServicePort", "IP"))
+_STATUSES: Final = tuple(Status(value) for value in range(_MAX_STATUS + 1))
+_new = object.__new__
+_set_slot = object.__setattr__  # a frozen dataclass's own __setattr__ refuses
+
+
+def _well_formed_service(obj: object) -> Service | None:
+    """Return the record of a service document written the way Go writes one, built
+    without pydantic; None when the document needs the validating path."""
+    if type(obj) is not dict or obj.keys() != _GO_SERVICE_KEYS:
+        return None
+    id_, name, image = obj["ID"], obj["Name"], obj["Image"]
+    hostname, proxy_mode = obj["Hostname"], obj["ProxyMode"]
+    created, updated, status = obj["Created"], obj["Updated"], obj["Status"]
+    if not (
+        type(id_) is str
+        and type(name) is str
+        and type(image) is str
+        and type(hostname) is str
+        and type(proxy_mode) is str
+        and type(created) is str
+        and type(updated) is str
+        and type(status) is int
+        and 0 <= status <= _MAX_STATUS
+        # Not ASCII: maybe a surrogate to replace, which the validating path does.
+        and (id_ + name + image + hostname + proxy_mode).isascii()
+    ):
+        return None
+    created_at = _time_or_none(created)
+    updated_at = _time_or_none(updated)
+    if created_at is None or updated_at is None:
+        return None
+    ports_obj = obj["Ports"]
+    ports: tuple[Port, ...] | None = None
+    if ports_obj is not None:
+        if type(ports_obj) is not list:
+            return None
+        built = []
+        for port_obj in ports_obj:
+            port = _well_formed_port(port_obj)
+            if port is None:
+                return None
+            built.append(port)
+        ports = tuple(built)
+    record: Service = _new(Service)
+    _set_slot(record, "id", id_)
+    _set_slot(record, "name", name)
+    _set_slot(record, "image", image)
+    _set_slot(record, "created", created_at)
+    _set_slot(record, "hostname", hostname)
+    _set_slot(record, "ports", ports)
+    _set_slot(record, "updated", updated_at)
+    _set_slot(record, "proxy_mode", proxy_mode)
+    _set_slot(record, "status", _STATUSES[status])
+    return record
+
+
+def _time_or_none(text: str) -> int | None:
+    """Return the instant of an RFC 3339 time (as `times.parse_time`), or None for a time
+    it refuses."""
+    # Go writes `YYYY-MM-DDTHH:MM:SS[.digits]Z`. Its first 19 characters (all that can be
+    # out of range) repeat from record to record, so they are parsed once.
+    tail = text[19:]
+    if tail == "Z":
+        nanos = 0
+    elif tail[:1] == "." and tail[-1:] == "Z" and tail[1:-1].isdigit() and tail.isascii():
+        nanos = int(tail[1:-1][:9].ljust(9, "0"))  # digits past the ninth dropped
+    else:
+        try:
+            return times.parse_time(text)
+        except ValueError:
+            return None
+    try:
+        return _utc_seconds(text[:19]) * times.NANOS_PER_SECOND + nanos
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_seconds(date_and_time: str) -> int:
+    """Return the seconds since the Unix epoch of `YYYY-MM-DDTHH:MM:SS` (UTC).
+
+    Raises ValueError where `times.parse_time` would."""
+    return times.parse_time(date_and_time + "Z") // times.NANOS_PER_SECOND
+
+
+def _well_formed_port(obj: object) -> Port | None:
+    """Return the port of a port object written the way Go writes one, built without
+    pydantic; None when it needs the validating path."""
+    if type(obj) is not dict or obj.keys() != _GO_PORT_KEYS:
+        return None
+    kind, number, service_port, ip = obj["Type"], obj["Port"], obj["ServicePort"], obj["IP"]
+    if not (
+        type(kind) is str
+        and type(ip) is str
+        and type(number) is int
+        and type(service_port) is int
+        and INT64_MIN <= number <= INT64_MAX
+        and INT64_MIN <= service_port <= INT64_MAX
+        and (kind + ip).isascii()
+    ):
+        return None
+    port: Port = _new(Port)
+    _set_slot(port, "type", kind)
+    _set_slot(port, "port", number)
+    _set_slot(port, "service_port", service_port)
+    _set_slot(port, "ip", ip)
+    return port
 
 
 def _first_error(exc: pydantic.ValidationError, *, within: str | None = None) -> str:
