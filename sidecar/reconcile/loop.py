@@ -72,7 +72,7 @@ class HaproxyPort(Protocol):
     """What the loop needs of the HAProxy adapter (`sidecar.adapters.haproxy.Haproxy`)."""
 
     async def read_actual(self) -> Actual: ...
-    async def write(self, config: str) -> None: ...
+    async def write(self, config: str, *, reload_follows: bool = False) -> None: ...
     async def start(self) -> None: ...
     async def reload(self) -> None: ...
     async def add_server(
@@ -395,9 +395,10 @@ class Reconciler:
 
     async def _carry_out(self, actions: tuple[Action, ...], done: list[Action]) -> None:
         busy: ServerBusy | None = None
-        for action in actions:
+        for index, action in enumerate(actions):
+            after = actions[index + 1] if index + 1 < len(actions) else None
             try:
-                await self._one(action)
+                await self._one(action, reload_follows=isinstance(after, Reload))
             except ServerBusy as exc:
                 busy = busy or exc
                 continue
@@ -409,7 +410,7 @@ class Reconciler:
         if busy is not None:
             raise busy
 
-    async def _one(self, action: Action) -> None:
+    async def _one(self, action: Action, *, reload_follows: bool = False) -> None:
         h = self.haproxy
         match action:
             case Bind():
@@ -420,7 +421,9 @@ class Reconciler:
                 await asyncio.to_thread(self.addresses.bind, action.address)
                 self.stats.binds += 1
             case Write():
-                await h.write(action.config)
+                # A reload next checks the config as it loads it (managed mode): the adapter
+                # may leave the check to it, and the reload raises ConfigRejected.
+                await h.write(action.config, reload_follows=reload_follows)
                 self._written = action.config
             case Start():
                 await h.start()
@@ -429,6 +432,8 @@ class Reconciler:
             case Reload():
                 try:
                     await h.reload()
+                except ConfigRejected:
+                    raise  # the file is back as it was: nothing new to load
                 except ApplyError:
                     # The old workers serve on; the file they did not load must be reloaded
                     # even if nothing changes any more (`Actual.loaded`).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import time
@@ -19,8 +20,9 @@ from dataclasses import replace
 import pytest
 
 from sidecar.adapters.haproxy import STOP_GRACE, Haproxy, cli
+from sidecar.reconcile.errors import ConfigRejected, ProcessFailed
 
-from .conftest import http_request, wait_for
+from .conftest import Loopback, http_request, wait_for
 from .haproxy_kit import apply, master, reconciling, served_by
 
 pytestmark = pytest.mark.haproxy
@@ -344,3 +346,94 @@ def answered(url: str) -> bool:
         return http_request(url).status == 200
     except OSError:
         return False
+
+
+def leftovers(options) -> list[str]:
+    """Return the temporary files left beside the config file (new candidates, old files)."""
+    found = [*options.config_file.parent.glob(".*.new"), *options.config_file.parent.glob(".*.old")]
+    return sorted(path.name for path in found)
+
+
+def test_a_config_left_for_the_reload_to_check_is_refused_as_a_checked_write_is(
+    haproxy_site, backend
+):
+    # Before a managed reload the write leaves the check to the master's own load. A config
+    # HAProxy refuses must end as a checked write ends: ConfigRejected in the same words, the
+    # old file back byte for byte, the old worker serving, nothing left beside the file.
+    options, settings = haproxy_site
+    a = backend("h1", "a1")
+
+    async def scenario():
+        # The loop starts HAProxy serving a, then leaves it to the test (no resync meanwhile).
+        async with reconciling(options, settings, resync=3600) as (haproxy, reconciler):
+            await apply(reconciler, a)
+            old = options.config_file.read_bytes()
+            before = await master(haproxy)
+            bad = old.decode() + "\nfrontend broken\n\tno_such_directive 42\n"
+            with pytest.raises(ConfigRejected) as checked:
+                await haproxy.write(bad)
+            assert options.config_file.read_bytes() == old
+
+            await haproxy.write(bad, reload_follows=True)
+            assert options.config_file.read_text() == bad  # in place, for the master to load
+            with pytest.raises(ConfigRejected) as loaded:
+                await haproxy.reload()
+
+            def words(refusal: pytest.ExceptionInfo[ConfigRejected]) -> str:
+                return re.sub(r"\(\d+\)", "(pid)", str(refusal.value))  # the checker's pid
+
+            assert words(loaded) == words(checked)
+            assert "no_such_directive" in str(loaded.value)
+            assert options.config_file.read_bytes() == old
+            assert leftovers(options) == []
+            after = await master(haproxy)
+            assert (after.reloads, after.workers[0].pid) == (
+                before.reloads + 1,
+                before.workers[0].pid,
+            )
+            assert await served_by(f"http://{settings.bind_ip}:8080/") == {a.name}
+            # The master whose load failed loads the next config it is given.
+            await haproxy.write(old.decode(), reload_follows=True)
+            await haproxy.reload()
+            assert (await master(haproxy)).workers[0].pid != before.workers[0].pid
+            assert leftovers(options) == []
+
+    asyncio.run(scenario())
+
+
+def test_a_load_that_fails_for_another_reason_keeps_the_new_file_for_the_retry(
+    haproxy_site, backend, loopback: Loopback
+):
+    # A port another process holds: `haproxy -c` accepts the config (it binds nothing), the
+    # load fails. Not a refusal: ProcessFailed, and the file is the new one, which the loop
+    # reloads again (`Actual.loaded`) until it loads.
+    options, settings = haproxy_site
+    a = backend("h1", "a1")
+    host = loopback.address()
+    holder = socket.create_server((host, 0))  # no SO_REUSEPORT: HAProxy cannot share it
+    port = holder.getsockname()[1]
+
+    async def scenario():
+        # The loop starts HAProxy serving a, then leaves it to the test (no resync meanwhile).
+        async with reconciling(options, settings, resync=3600) as (haproxy, reconciler):
+            await apply(reconciler, a)
+            before = await master(haproxy)
+            taken = options.config_file.read_text() + (
+                f"\nfrontend taken\n\tbind {host}:{port}\n\tmode tcp\n"
+            )
+            await haproxy.write(taken, reload_follows=True)
+            with pytest.raises(ProcessFailed, match="did not load the new config"):
+                await haproxy.reload()
+            assert options.config_file.read_text() == taken
+            assert leftovers(options) == []
+            after = await master(haproxy)
+            assert after.workers[0].pid == before.workers[0].pid
+            assert await served_by(f"http://{settings.bind_ip}:8080/") == {a.name}
+            holder.close()
+            await haproxy.reload()  # the port is free now: the same file loads
+            assert (await master(haproxy)).workers[0].pid != before.workers[0].pid
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        holder.close()

@@ -42,6 +42,8 @@ class ModelHaproxy:
     def __init__(self) -> None:
         self.actual = plans.Actual()
         self.calls: list[str] = []
+        self.reload_follows: list[bool] = []  # each write's word that a reload checks it
+        self._before_write: str | None = None
         self.fail: dict[str, Exception] = {}
 
     def _do(self, action: plans.Action) -> None:
@@ -53,14 +55,20 @@ class ModelHaproxy:
     async def read_actual(self) -> plans.Actual:
         return replace(self.actual, bound_ips=frozenset())
 
-    async def write(self, config: str) -> None:
+    async def write(self, config: str, *, reload_follows: bool = False) -> None:
+        self.reload_follows.append(reload_follows)
+        self._before_write = self.actual.config
         self._do(plans.Write(config=config, reason=""))
 
     async def start(self) -> None:
         self._do(plans.Start(reason=""))
 
     async def reload(self) -> None:
-        self._do(plans.Reload(reason=""))
+        try:
+            self._do(plans.Reload(reason=""))
+        except ConfigRejected:  # refused as it loaded: the adapter puts the old file back
+            self.actual = replace(self.actual, config=self._before_write)
+            raise
 
     async def add_server(self, backend, server, address, port, options) -> None:
         self._do(
@@ -219,6 +227,47 @@ def test_a_failed_reload_is_tried_again_though_the_file_is_already_written():
     )
     assert after.actions == ()
     assert "web-9000" in haproxy.actual.servers
+
+
+def test_a_write_leaves_the_check_to_a_reload_only_when_one_follows_it():
+    haproxy = ModelHaproxy()
+
+    async def scenario():
+        reconciler = Reconciler(haproxy, Addresses(), SETTINGS)
+        reconciler.update(table(svc("s1")))
+        await reconciler.reconcile()  # not running: write, start
+        reconciler.update(table(svc("s1"), svc("s2", 30002)))
+        await reconciler.reconcile()  # a server more: at runtime, then the file in step
+        reconciler.update(table(svc("s1", 30001, 9000), svc("s2", 30002, 9000)))
+        await reconciler.reconcile()  # another frontend: write, reload
+
+    asyncio.run(scenario())
+    assert haproxy.calls == ["write", "start", "add-server", "write", "write", "reload"]
+    assert haproxy.reload_follows == [False, False, True]
+
+
+def test_a_config_the_reload_refuses_is_a_refusal_like_a_refused_write():
+    # The write left the check to the reload (managed mode), which refused the config and
+    # put the old file back: reported, and not tried again before the next change.
+    haproxy = ModelHaproxy()
+
+    async def scenario():
+        reconciler = Reconciler(haproxy, Addresses(), SETTINGS)
+        reconciler.update(table(svc("s1")))
+        await reconciler.reconcile()
+        haproxy.fail["reload"] = ConfigRejected("HAProxy refused the new config: [ALERT] z")
+        reconciler.update(table(svc("s1"), svc("s2", service_port=9000)))
+        refused = await reconciler.reconcile()
+        haproxy.calls.clear()
+        again = await reconciler.reconcile()  # a resync: the same view
+        return refused, again
+
+    refused, again = asyncio.run(scenario())
+    assert "[ALERT] z" in refused.error
+    assert haproxy.reload_follows[-1] is True
+    assert again.error == refused.error
+    assert haproxy.calls == []  # the refused config is not written or loaded again
+    assert "web-9000" not in haproxy.actual.servers
 
 
 def test_a_refused_runtime_command_falls_back_to_write_and_reload():
