@@ -4,7 +4,8 @@
 #                ruff format --check, ruff check, mypy, lint-imports, pytest
 #   make lint    .venv, then ruff format --check, ruff check, mypy, lint-imports
 #   make unit    .venv, then pytest tests/unit tests/property (no system setup)
-#   make run     .venv, then `sidecar simulate` (or `make run ARGS='...'`)
+#   make run     .venv, then `sidecar run`: the daemon with this host's defaults (scripts/run.sh);
+#                `make run ARGS='simulate --nodes 8'` runs another command
 #   make setup   Debian packages and .venv only
 #   make image   (re)build the local test image sidecar-test-busybox:latest
 #   make clean-test-leftovers   remove containers and namespaces a crashed test run left

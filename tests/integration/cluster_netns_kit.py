@@ -148,6 +148,11 @@ class Node:
         self.targets.append(target(service, port))
         self.write_static()
 
+    def withdraw(self, service: str) -> None:
+        """Remove `service` from this node's static.json: it stopped (its httpd may run on)."""
+        self.targets = [t for t in self.targets if t["Service"]["Name"] != service]
+        self.write_static()
+
     def write_static(self) -> None:
         # Written whole and renamed: the daemon never reads half a file.
         fresh = self.static_file.with_suffix(".new")

@@ -6,8 +6,10 @@ Each node is 10.99.0.N on a bridge the test makes, named `nodeN`, with HAProxy o
 httpd announced by static discovery as `web` (port 18080); other services are named per test.
 Each test prints what it measured (run with `-s` to see the figures).
 
-- five members, `web` ALIVE everywhere and served by every node's HAProxy; SIGTERM of node 1:
-  every other node tombstones `web` within 2 s of the signal and stops serving it;
+- five members, `web` and `shop` of node 1 ALIVE everywhere and served by every node's
+  HAProxy; `shop` stopped (gone from node 1's static.json): tombstoned on every node and
+  served by none; SIGTERM of node 1: every other node tombstones `web` within 2 s of the
+  signal and stops serving it;
 - kill -9 of node 2: dead and its service tombstoned on every other node within the
   suspicion bound, no longer served;
 - a partition of node 3 (its cable pulled) until each side holds the other dead, a change on
@@ -146,15 +148,36 @@ def all_alive(cluster: Cluster) -> bool:
 
 
 def test_five_namespaced_daemons_serve_each_others_services(cluster):
-    nodes = start_five(cluster, {1: [WEB]})
+    nodes = start_five(cluster, {1: [WEB, ("shop", 18081)]})
     first, others = nodes[0], nodes[1:]
     for node in others:  # node 5's was checked: every other HAProxy too
-        wait_for(
-            lambda node=node: node.proxied(18080) == "200 web on node1",
-            what=f"{node.name}'s HAProxy serving node1's httpd",
-            timeout=20,
-        )
+        for port, text in ((18080, "web on node1"), (18081, "shop on node1")):
+            wait_for(
+                lambda node=node, port=port, text=text: node.proxied(port) == f"200 {text}",
+                what=f"{node.name}'s HAProxy serving {text}",
+                timeout=20,
+            )
     assert all_alive(cluster)
+
+    # A service stopped on node 1: TOMBSTONE on every node, then no HAProxy serves it (its
+    # httpd still answers on node 1, so a request through HAProxy that got 200 would show
+    # a server left behind).
+    began = time.monotonic()
+    first.withdraw("shop")
+    wait_for(
+        lambda: tombstoned(cluster, "node1", "shop", nodes),
+        what="node1's shop tombstoned on every node",
+        timeout=10,
+        interval=0.05,
+    )
+    print(f"shop withdrawn -> tombstoned on all 5: {elapsed_since(began):.3f} s")
+    for node in nodes:
+        wait_for(
+            lambda node=node: not node.proxied(18081).startswith("200"),
+            what=f"{node.name}'s HAProxy no longer serving node1's shop",
+            timeout=SERVE_BOUND,
+        )
+    assert all(node.proxied(18080) == "200 web on node1" for node in nodes)
 
     # SIGTERM: the daemon exits within a second, gossiping its leave on the way out; the
     # issue asks for tombstoned everywhere within 1 s; asserted under 2 s (polling, a busy
