@@ -756,10 +756,13 @@ class StreamParser:
         return True
 
 
+_MAX_NODE_STATE: Final = max(NodeState)
+
+
 def _decode_node(fields: Mapping[object, object]) -> PushNodeState:
     what = "pushNodeState"
     state = _uint(fields, b"State", _GO_INT, what)
-    if state > max(NodeState):
+    if state > _MAX_NODE_STATE:
         raise DecodeError(f"{what}.State: unknown node state {state}")
     return PushNodeState(
         name=_text(fields, b"Name", what),

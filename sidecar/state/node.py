@@ -80,13 +80,16 @@ class _Steps:
         self.wrote: list[Service] = []
 
     def take(self, result: merge.MergeResult, *, relay: bool = False) -> None:
-        self.node = replace(self.node, state=result.state)
+        if result.state is not self.node.state:
+            self.node = replace(self.node, state=result.state)
         self.events.extend(result.events)
         if relay:
             self.send.extend(result.relay)
 
     def announce_later(self, written: Iterable[Service], *, now: int) -> None:
         written = tuple(written)
+        if not written:
+            return
         self.wrote.extend(written)
         schedule = broadcast.enqueue(self.node.schedule, written, now=now)
         self.node = replace(self.node, schedule=schedule)
@@ -101,10 +104,17 @@ class _Steps:
         self.node = replace(self.node, schedule=schedule)
         self.send.extend(due)
 
-    def bury_dead(self, *, now: int) -> None:
+    def bury_dead(self, *, now: int, among: Iterable[str] | None = None) -> None:
+        """Tombstone what dead peers' records are still live: of every dead peer, or of
+        those `among` the given host names (the only ones a step's records can have
+        revived, as every other step leaves all of them buried)."""
         # A record of a host known dead that arrived late (a relay) is dead all the same.
-        for hostname, since in sorted(self.node.dead_peers.items()):
-            result = merge.tombstone_node(self.node.state, hostname, stamped_by=since)
+        dead = self.node.dead_peers
+        if not dead:
+            return
+        names = sorted(dead) if among is None else sorted(set(among).intersection(dead))
+        for hostname in names:
+            result = merge.tombstone_node(self.node.state, hostname, stamped_by=dead[hostname])
             self.take(result)
             self.announce_later(result.relay, now=now)
 
@@ -137,9 +147,10 @@ def tick(node: Node, *, now: int) -> Step:
 
 def receive(node: Node, records: Iterable[Service], *, now: int) -> Step:
     """Return the step of records gossiped by a peer: merged, news relayed once."""
+    records = tuple(records)
     steps = _Steps(node)
     steps.take(merge.merge_records(node.state, records, now=now), relay=True)
-    steps.bury_dead(now=now)
+    steps.bury_dead(now=now, among=(record.hostname for record in records))
     steps.stamp(now=now)
     return steps.step()
 

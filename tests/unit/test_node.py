@@ -77,6 +77,23 @@ def test_a_dead_peers_services_are_tombstoned_announced_and_stay_dead():
     assert back.dead_peers == {}
 
 
+def test_a_late_relay_of_a_dead_peers_record_is_buried_whatever_comes_with_it():
+    # Only the hosts of a step's records are looked at again: each of them, in any order.
+    theirs = service("b2", host="peer", updated=T0)
+    known = node.receive(node.Node.start("me"), [theirs], now=T0).node
+    dead = node.peer_died(known, "peer", now=T0 + seconds(5)).node
+    other = service("c3", host="other", updated=T0 + seconds(6))
+    # Stamped before the death but after what the burial wrote (T0 + 1 s): merged, then
+    # buried again.
+    late = theirs.with_updated(T0 + seconds(3))
+    for batch in ([other, late], [late, other]):
+        step = node.receive(dead, batch, now=T0 + seconds(6))
+        assert step.node.state.get("peer", "b2").status is Status.TOMBSTONE
+        assert step.node.state.get("other", "c3").status is Status.ALIVE
+    quiet = node.receive(dead, [other], now=T0 + seconds(6))
+    assert quiet.wrote == ()  # nothing of the dead peer's is buried again
+
+
 def test_a_dead_peer_back_with_records_stamped_after_its_death_is_believed_at_once():
     # A restarted host's join push/pull reaches us before its refutation does: its fresh
     # records stand (burying them made the owner outvote each burial, for seconds).
